@@ -1,0 +1,238 @@
+"""Read a saved image archive: the tar that `docker save` writes.
+
+Two layouts exist. The legacy one keeps each layer at `<id>/layer.tar`;
+the OCI-style one of Docker 25+ keeps blobs at `blobs/sha256/<hex>`. Both
+carry `manifest.json`, which names the config and the layers in order, so
+layers are always found through it (or through `index.json` for a bare OCI
+archive), never by guessing paths.
+
+Nothing is extracted: a layer is a byte range of the archive file, read
+with positioned reads. A compressed layer is decompressed once into the
+work folder, because the squash needs random access to its members.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slimmer.errors import ArchiveError
+
+log = logging.getLogger(__name__)
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+COPY_BUFFER = 1 << 20
+
+
+class FileSlice(io.RawIOBase):
+    """A read-only, seekable view of `size` bytes at `offset` of a file.
+
+    Reads use os.pread, so many slices can share one descriptor without
+    fighting over a file position.
+    """
+
+    def __init__(self, fd: int, offset: int, size: int):
+        super().__init__()
+        self._fd, self._start, self._size, self._pos = fd, offset, size, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, pos, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}
+        self._pos = max(0, base[whence] + pos)
+        return self._pos
+
+    def read(self, n=-1):
+        left = self._size - self._pos
+        if n is None or n < 0 or n > left:
+            n = left
+        if n <= 0:
+            return b""
+        data = os.pread(self._fd, n, self._start + self._pos)
+        self._pos += len(data)
+        return data
+
+    def readinto(self, buffer):
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@dataclass
+class Layer:
+    """Where one layer's uncompressed tar lives: a byte range of a file."""
+
+    path: Path
+    offset: int
+    size: int
+    digest: str = ""  # the archive's name for it; for messages only
+
+    fd: int = field(default=-1, repr=False)
+
+    def open(self) -> FileSlice:
+        return FileSlice(self.fd, self.offset, self.size)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """`size` bytes at `offset` within the layer tar."""
+        return os.pread(self.fd, size, self.offset + offset)
+
+
+@dataclass
+class SavedImage:
+    """The parts of a saved archive that the pipeline needs."""
+
+    config: dict
+    config_digest: str
+    layers: list[Layer]
+    repo_tags: list[str]
+    _fds: list[int] = field(default_factory=list, repr=False)
+
+    def read(self, entry, start: int = 0, size: int | None = None) -> bytes:
+        """Up to `size` bytes of a regular file's contents, from `start`.
+
+        `entry` is a tree.Entry; reads never go past the member's end.
+        """
+        end = entry.size if size is None else min(entry.size, start + size)
+        if start >= end:
+            return b""
+        return self.layers[entry.layer].pread(end - start, entry.data_offset + start)
+
+    def open(self, entry) -> FileSlice:
+        """A seekable file object over a regular file's contents."""
+        return FileSlice(self.layers[entry.layer].fd,
+                         self.layers[entry.layer].offset + entry.data_offset,
+                         entry.size)
+
+    def close(self):
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+
+def read_archive(path: Path, workdir: Path) -> SavedImage:
+    """Index the saved archive at `path`; decompress layers into `workdir`.
+
+    Raises ArchiveError when the archive or its manifest is malformed.
+    """
+    try:
+        members = _index_members(path)
+        fd = os.open(path, os.O_RDONLY)
+    except (OSError, tarfile.TarError) as exc:
+        raise ArchiveError(f"cannot read image archive {path}: {exc}") from exc
+    image = SavedImage({}, "", [], [], [fd])
+    try:
+        config_name, layer_names, image.repo_tags = _find_manifest(fd, members)
+        image.config = json.loads(_read_member(fd, members, config_name))
+        image.config_digest = Path(config_name).name.removesuffix(".json")
+        for name in layer_names:
+            offset, size = _member(members, name)
+            image.layers.append(
+                _uncompressed(Layer(path, offset, size, name, fd), workdir, image)
+            )
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        image.close()
+        raise ArchiveError(f"malformed image archive {path}: {exc}") from exc
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def _index_members(path: Path) -> dict[str, tuple[int, int]]:
+    """Map each member name of the outer archive to (data offset, size)."""
+    members = {}
+    with tarfile.open(path, "r:") as outer:
+        for info in outer:
+            if info.isfile():
+                members[info.name.removeprefix("./")] = (info.offset_data, info.size)
+    return members
+
+
+def _member(members, name: str) -> tuple[int, int]:
+    key = name.removeprefix("./")
+    if key not in members:
+        raise ValueError(f"the manifest names {name!r}, which the archive lacks")
+    return members[key]
+
+
+def _read_member(fd: int, members, name: str) -> bytes:
+    offset, size = _member(members, name)
+    return os.pread(fd, size, offset)
+
+
+def _find_manifest(fd, members) -> tuple[str, list[str], list[str]]:
+    """The config name, layer names and tags, from manifest.json or index.json."""
+    if "manifest.json" in members:
+        manifest = json.loads(_read_member(fd, members, "manifest.json"))
+        if not isinstance(manifest, list) or len(manifest) != 1:
+            raise ValueError("manifest.json must describe exactly one image")
+        entry = manifest[0]
+        return entry["Config"], list(entry["Layers"]), entry.get("RepoTags") or []
+    if "index.json" in members:
+        return _follow_oci_index(fd, members)
+    raise ValueError("neither manifest.json nor index.json is present")
+
+
+def _blob(digest: str) -> str:
+    algorithm, _, hexdigest = digest.partition(":")
+    if not hexdigest or "/" in hexdigest or "/" in algorithm:
+        raise ValueError(f"bad digest {digest!r}")
+    return f"blobs/{algorithm}/{hexdigest}"
+
+
+def _follow_oci_index(fd, members) -> tuple[str, list[str], list[str]]:
+    # OCI image-layout spec: index.json lists manifests, which may be nested
+    # indexes; follow the first image manifest found.
+    document = json.loads(_read_member(fd, members, "index.json"))
+    for _depth in range(4):
+        manifests = document.get("manifests") or []
+        if not manifests:
+            raise ValueError("index.json lists no manifest")
+        if len(manifests) > 1:
+            raise ValueError("the archive holds several images; name one")
+        descriptor = manifests[0]
+        document = json.loads(_read_member(fd, members, _blob(descriptor["digest"])))
+        if "config" in document:
+            tags = descriptor.get("annotations", {}).get("io.containerd.image.name")
+            layers = [_blob(layer["digest"]) for layer in document["layers"]]
+            return _blob(document["config"]["digest"]), layers, [tags] if tags else []
+    raise ValueError("index.json nests too deep")
+
+
+def _uncompressed(layer: Layer, workdir: Path, image: SavedImage) -> Layer:
+    """The layer itself if it is a plain tar, else a decompressed copy."""
+    magic = layer.pread(4, 0)
+    if magic.startswith(GZIP_MAGIC):
+        opener = gzip.GzipFile
+    elif magic == ZSTD_MAGIC:
+        opener = _zstd_reader
+    else:
+        return layer
+    target = workdir / f"layer-{len(image.layers)}.tar"
+    log.debug("decompressing %s into %s", layer.digest, target)
+    with opener(fileobj=layer.open()) as source, open(target, "wb") as sink:
+        shutil.copyfileobj(source, sink, COPY_BUFFER)
+    fd = os.open(target, os.O_RDONLY)
+    image._fds.append(fd)
+    return Layer(target, 0, target.stat().st_size, layer.digest, fd)
+
+
+def _zstd_reader(fileobj):
+    import zstandard
+
+    return zstandard.ZstdDecompressor().stream_reader(fileobj)

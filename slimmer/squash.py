@@ -1,0 +1,156 @@
+"""Squash layers into the tree a container sees.
+
+This is the only module that knows whiteouts. The rules follow the OCI
+image spec, "Layer" section ("Whiteouts" and "Opaque Whiteout"), as the
+overlay2 storage driver applies them:
+
+- `.wh.NAME` in layer N hides NAME of the lower layers only.
+- `.wh..wh..opq` in directory D of layer N hides every lower child of D.
+- Both hold wherever the marker sits in layer N's member order, so each
+  layer is read whole before its hides and then its adds are applied.
+- A non-directory placed at a path hides everything the lower layers had
+  below it; a directory placed over a directory merges with it.
+- Other `.wh..wh.` names are AUFS bookkeeping (`.wh..wh.plnk`,
+  `.wh..wh.aufs`) and are dropped. No marker reaches the tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+from collections.abc import Iterable, Iterator
+
+from slimmer.archive import Layer
+from slimmer.errors import ArchiveError
+from slimmer.tree import DIRECTORY, HARDLINK, REGULAR, Entry, Tree
+
+log = logging.getLogger(__name__)
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+AUFS_META = ".wh..wh."
+# GNU sparse members keep a map instead of plain bytes; see writer.py.
+SPARSE = b"S"
+
+
+def squash(layers: Iterable[Layer]) -> Tree:
+    """Apply `layers` oldest first and return the merged tree."""
+    tree = Tree()
+    for index, layer in enumerate(layers):
+        try:
+            _apply(tree, index, layer)
+        except tarfile.TarError as exc:
+            raise ArchiveError(f"layer {index} is not a valid tar: {exc}") from exc
+    return tree
+
+
+def normalize(name: str) -> str:
+    """A member name as a tree path: no `./`, no leading or trailing `/`.
+
+    Member names are hostile input: a `..` segment would step outside the
+    image root, so it is refused rather than resolved.
+    """
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"member name escapes the image root: {name!r}")
+    return "/".join(parts)
+
+
+def members(layer: Layer) -> Iterator[tarfile.TarInfo]:
+    """The members of a layer, in order, without keeping them all in memory."""
+    with tarfile.open(
+        fileobj=layer.open(), mode="r:", errors="surrogateescape"
+    ) as archive:
+        while (info := archive.next()) is not None:
+            # TarFile remembers every member it has read; drop them so
+            # memory does not grow with the layer.
+            archive.members.clear()
+            yield info
+
+
+def _apply(tree: Tree, index: int, layer: Layer) -> None:
+    hides, opaque_dirs, adds = [], [], []
+    for info in members(layer):
+        path = normalize(info.name)
+        parent, _, name = path.rpartition("/")
+        if name == OPAQUE:
+            opaque_dirs.append(parent)
+        elif name.startswith(AUFS_META):
+            log.debug("dropping AUFS metadata %s", path)
+        elif name.startswith(WHITEOUT):
+            hides.append(_join(parent, name[len(WHITEOUT) :]))
+        elif path:
+            adds.append((path, _record(index, info)))
+
+    for path in hides:
+        _remove(tree, path)
+    for path in opaque_dirs:
+        directory = tree.get(path)
+        if directory is not None and directory.children is not None:
+            directory.children.clear()
+    for path, entry in adds:
+        _put(tree, path, entry)
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _record(index: int, info: tarfile.TarInfo) -> Entry:
+    """A compact record of one member; hardlinks keep their target name."""
+    if info.islnk():
+        return Entry(index, info.offset, -1, 0, HARDLINK, info.mode,
+                     normalize(info.linkname))
+    kind = SPARSE if info.issparse() else info.type
+    if kind in (tarfile.AREGTYPE, tarfile.CONTTYPE):
+        kind = REGULAR
+    size = info.size if kind in (REGULAR, SPARSE) else 0
+    linkname = info.linkname if info.issym() else None
+    return Entry(index, info.offset, info.offset_data, size, kind, info.mode,
+                 linkname)
+
+
+def _remove(tree: Tree, path: str) -> None:
+    parent_path, _, name = path.rpartition("/")
+    parent = tree.get(parent_path)
+    if parent is not None and parent.children is not None:
+        parent.children.pop(name, None)
+
+
+def _put(tree: Tree, path: str, entry: Entry) -> None:
+    parent = _parent_dir(tree, path)
+    name = path.rpartition("/")[2]
+    if entry.kind == HARDLINK:
+        entry = _resolve_hardlink(tree, path, entry)
+
+    existing = parent.children.get(name)
+    if entry.is_dir and existing is not None and existing.is_dir:
+        # A directory over a directory merges: new metadata, old children.
+        entry.children = existing.children
+    parent.children[name] = entry
+
+
+def _parent_dir(tree: Tree, path: str) -> Entry:
+    """The directory that holds `path`, made if a layer left it implied."""
+    node = tree.root
+    parts = path.split("/")[:-1]
+    for part in parts:
+        child = node.children.get(part)
+        if child is None or child.children is None:
+            # NOTE: a member whose parent has no header of its own gets a
+            # plain 0755 directory, as the daemon's unpacker makes one.
+            child = Entry(-1, -1, -1, 0, DIRECTORY, 0o755)
+            node.children[part] = child
+        node = child
+    return node
+
+
+def _resolve_hardlink(tree: Tree, path: str, link: Entry) -> Entry:
+    # A hardlink names a file already unpacked; it becomes a second name
+    # for that file, so later changes to the target name do not touch it.
+    target = tree.get(link.linkname)
+    if target is None or target.is_dir:
+        raise ArchiveError(
+            f"hardlink {path!r} points to {link.linkname!r}, which is not a file"
+        )
+    return target.alias()
