@@ -1,0 +1,346 @@
+"""Squash cases on synthetic layers, plus a property test against a model.
+
+Each case builds layers with the factories in layers.py, squashes them
+with slimmer, writes the one-layer result, and reads it back.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import layers as L
+from oracle import read_tree
+from slimmer.archive import read_archive
+from slimmer.errors import ArchiveError
+from slimmer.squash import squash
+from slimmer.writer import write_layer
+
+
+def slim(tmp_path, *stack, removed=(), compression="none", layout="legacy"):
+    """Squash `stack` (lists of members) and read the written layer back."""
+    spec = L.ImageSpec(list(stack), compression=compression, layout=layout)
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(L.save_archive(spec))
+    saved = read_archive(archive, tmp_path)
+    try:
+        tree = squash(saved.layers)
+        written = write_layer(tree, saved.layers, set(removed), tmp_path / "out.tar")
+    finally:
+        saved.close()
+    with open(written.path, "rb") as result:
+        return read_tree(result)
+
+
+def names(view):
+    return sorted(view)
+
+
+def test_file_deleted_in_a_later_layer_is_gone(tmp_path):
+    view = slim(tmp_path, [L.directory("a"), L.file("a/x", "1")], [L.whiteout("a/x")])
+    assert names(view) == ["a"]
+
+
+def test_directory_deleted_in_a_later_layer_takes_its_children(tmp_path):
+    view = slim(tmp_path, [L.directory("a"), L.directory("a/d"), L.file("a/d/x")],
+                [L.whiteout("a/d")])
+    assert names(view) == ["a"]
+
+
+def test_file_deleted_then_recreated_has_the_new_content(tmp_path):
+    view = slim(tmp_path, [L.file("x", "old")], [L.whiteout("x")], [L.file("x", "new")])
+    assert view["x"].size == 3 and view["x"].sha256 == _sha("new")
+
+
+def test_whiteout_and_readd_in_the_same_layer_keeps_the_readd(tmp_path):
+    # A marker hides only what lower layers put there.
+    view = slim(tmp_path, [L.file("x", "old")], [L.file("x", "new"), L.whiteout("x")])
+    assert view["x"].sha256 == _sha("new")
+
+
+@pytest.mark.parametrize("position", ["first", "middle", "last"])
+def test_opaque_directory_hides_lower_children_wherever_the_marker_sits(
+        tmp_path, position):
+    upper = [L.directory("d"), L.file("d/new1"), L.file("d/new2")]
+    index = {"first": 0, "middle": 2, "last": 3}[position]
+    upper.insert(index, L.opaque("d"))
+    view = slim(tmp_path, [L.directory("d"), L.file("d/old"), L.directory("d/sub"),
+                           L.file("d/sub/deep")], upper)
+    assert names(view) == ["d", "d/new1", "d/new2"]
+
+
+def test_whiteout_matches_whole_name_only(tmp_path):
+    view = slim(tmp_path, [L.directory("opt"), L.file("opt/foo"), L.file("opt/foobar")],
+                [L.whiteout("opt/foo")])
+    assert names(view) == ["opt", "opt/foobar"]
+
+
+def test_whiteout_stored_as_hardlink_still_hides(tmp_path):
+    view = slim(tmp_path, [L.file("x"), L.file("marker")],
+                [L.file(".wh..wh.plnk/1"), L.hardlink(".wh.x", ".wh..wh.plnk/1")])
+    assert "x" not in view and not any(".wh." in p for p in view)
+
+
+def test_aufs_metadata_never_reaches_the_output(tmp_path):
+    view = slim(tmp_path, [L.file("keep")],
+                [L.directory(".wh..wh.plnk"), L.file(".wh..wh.aufs"),
+                 L.file(".wh..wh.plnk/123.456")])
+    assert names(view) == ["keep"]
+
+
+def test_directory_replaced_by_symlink_drops_lower_children(tmp_path):
+    view = slim(tmp_path, [L.directory("d"), L.file("d/x")], [L.symlink("d", "/tmp")])
+    assert names(view) == ["d"] and view["d"].kind == "symlink"
+
+
+def test_directory_replaced_by_file_drops_lower_children(tmp_path):
+    view = slim(tmp_path, [L.directory("d"), L.file("d/x")], [L.file("d", "f")])
+    assert names(view) == ["d"] and view["d"].kind == "file"
+
+
+def test_file_replaced_by_directory(tmp_path):
+    view = slim(tmp_path, [L.file("d", "f")], [L.directory("d"), L.file("d/y")])
+    assert view["d"].kind == "dir" and names(view) == ["d", "d/y"]
+
+
+def test_directory_over_directory_merges_and_takes_new_metadata(tmp_path):
+    view = slim(tmp_path, [L.directory("d", mode=0o700), L.file("d/x")],
+                [L.directory("d", mode=0o750, uid=7)])
+    assert names(view) == ["d", "d/x"] and view["d"].mode == 0o750
+    assert view["d"].uid == 7
+
+
+def test_hardlink_alias_keeps_old_content_after_target_is_replaced(tmp_path):
+    view = slim(tmp_path, [L.file("a", "old"), L.hardlink("b", "a")],
+                [L.file("a", "newer")])
+    assert view["b"].sha256 == _sha("old") and view["a"].sha256 == _sha("newer")
+
+
+def test_hardlink_survives_whiteout_of_its_target(tmp_path):
+    view = slim(tmp_path, [L.file("a", "data"), L.hardlink("b", "a")],
+                [L.whiteout("a")])
+    assert names(view) == ["b"] and view["b"].sha256 == _sha("data")
+
+
+def test_hardlink_target_removed_by_profile_leaves_alias_as_file(tmp_path):
+    view = slim(tmp_path, [L.file("a", "data"), L.hardlink("b", "a"),
+                           L.hardlink("c", "a")], removed={"a"})
+    assert names(view) == ["b", "c"] and view["c"].sha256 == _sha("data")
+
+
+def test_every_hardlink_in_output_points_to_an_earlier_member(tmp_path):
+    spec = L.ImageSpec([[L.file("z", "data"), L.hardlink("a", "z"),
+                         L.hardlink("m", "z")]])
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(L.save_archive(spec))
+    saved = read_archive(archive, tmp_path)
+    written = write_layer(squash(saved.layers), saved.layers, set(), tmp_path / "o")
+    saved.close()
+    seen = set()
+    with tarfile.open(written.path) as result:
+        for info in result:
+            if info.islnk():
+                assert info.linkname in seen
+            seen.add(info.name)
+
+
+def test_metadata_survives(tmp_path):
+    cap = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+    view = slim(tmp_path, [
+        L.directory("root", mode=0o550),
+        L.file("suid", mode=0o4755), L.file("sgid", mode=0o2755),
+        L.directory("sticky", mode=0o1777),
+        L.file("bigid", uid=70000, gid=80000),
+        L.file("ping", mode=0o755, xattrs={"security.capability": cap}),
+        L.file("old", mtime=123456789),
+    ])
+    assert view["root"].mode == 0o550
+    assert view["suid"].mode == 0o4755 and view["sgid"].mode == 0o2755
+    assert view["sticky"].mode == 0o1777
+    assert (view["bigid"].uid, view["bigid"].gid) == (70000, 80000)
+    assert view["ping"].xattrs == (("SCHILY.xattr.security.capability", cap),)
+    assert view["old"].mtime == 123456789
+
+
+def test_long_and_non_utf8_names_survive(tmp_path):
+    long_name = "d/" + "x" * 180
+    odd = "caf\udce9"  # the byte 0xE9 alone, not UTF-8
+    view = slim(tmp_path, [L.directory("d"), L.file(long_name, "1"), L.file(odd, "2")])
+    assert long_name in view and odd in view
+
+
+def test_dot_slash_and_bare_names_mix_across_layers(tmp_path):
+    view = slim(tmp_path, [L.directory("./etc"), L.file("./etc/a", "1")],
+                [L.file("etc/a", "2"), L.whiteout("./etc/b")])
+    assert names(view) == ["etc", "etc/a"] and view["etc/a"].sha256 == _sha("2")
+
+
+def test_special_files_survive(tmp_path):
+    view = slim(tmp_path, [L.directory("dev"), L.chardev("dev/null", 1, 3),
+                           L.blockdev("dev/loop0", 7, 0), L.fifo("pipe"),
+                           L.file("empty"), L.directory("emptydir")])
+    assert view["dev/null"].kind == "chardev" and view["dev/null"].device == (1, 3)
+    assert view["dev/loop0"].device == (7, 0) and view["pipe"].kind == "fifo"
+    assert view["empty"].size == 0 and view["emptydir"].kind == "dir"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+@pytest.mark.parametrize("layout", ["legacy", "oci"])
+def test_compressed_layers_in_both_layouts(tmp_path, compression, layout):
+    view = slim(tmp_path, [L.file("a", "1")], [L.file("b", "2")],
+                compression=compression, layout=layout)
+    assert names(view) == ["a", "b"]
+
+
+def test_member_escaping_the_root_is_refused(tmp_path):
+    with pytest.raises(ArchiveError, match="escapes"):
+        slim(tmp_path, [L.file("../../etc/passwd", "x")])
+
+
+def test_hardlink_escaping_the_root_is_refused(tmp_path):
+    with pytest.raises(ArchiveError, match="escapes"):
+        slim(tmp_path, [L.file("a"), L.hardlink("b", "../a")])
+
+
+def test_symlink_targets_are_kept_verbatim_never_resolved(tmp_path):
+    view = slim(tmp_path, [L.symlink("abs", "/etc/shadow"),
+                           L.symlink("rel", "../../../../etc"),
+                           L.symlink("dangling", "nowhere")])
+    assert view["abs"].link == "/etc/shadow" and view["rel"].link == "../../../../etc"
+
+
+def test_large_member_sizes_are_written_in_pax(tmp_path):
+    # A header claiming 9 GiB is written, not 9 GiB of bytes.
+    info = tarfile.TarInfo("big")
+    info.size = 9 << 30
+    buffer = info.tobuf(tarfile.PAX_FORMAT)
+    parsed = tarfile.TarInfo.frombuf(buffer[-512:], "utf-8", "strict")
+    assert b"size=" in buffer and parsed is not None
+
+
+def test_malformed_archive_is_a_clear_error(tmp_path):
+    broken = tmp_path / "broken.tar"
+    broken.write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(ArchiveError):
+        read_archive(broken, tmp_path)
+
+
+def _sha(text):
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --- property test: slimmer's squash equals a simple model -----------------
+
+NAMES = st.sampled_from(["a", "b", "c"])
+PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)
+
+
+@st.composite
+def layer_ops(draw):
+    ops = draw(st.lists(st.tuples(
+        st.sampled_from(["file", "dir", "symlink", "whiteout", "opaque", "link"]),
+        PATHS, st.integers(0, 3)), max_size=8))
+    return ops
+
+
+def build_members(ops, model_before):
+    """Turn ops into valid members for one layer (no duplicate paths)."""
+    members, used = [], set()
+    for kind, path, value in ops:
+        if path in used:
+            continue
+        if kind == "link":
+            candidates = sorted(p for p, r in model_before.items() if r[0] == "file"
+                                and p in used)
+            if not candidates:
+                continue
+            members.append(L.hardlink(path, candidates[value % len(candidates)]))
+        elif kind == "file":
+            members.append(L.file(path, f"v{value}"))
+        elif kind == "dir":
+            members.append(L.directory(path, mode=0o700 + value))
+        elif kind == "symlink":
+            members.append(L.symlink(path, f"t{value}"))
+        elif kind == "whiteout":
+            members.append(L.whiteout(path))
+        else:
+            members.append(L.opaque(path))
+        used.add(path)
+    return members
+
+
+def model_apply(model, members):
+    """The simple model: a flat dict, hides first, then adds in order."""
+    lower = dict(model)
+    hides = [m.info.name for m in members if m.info.name.rpartition("/")[2]
+             .startswith(".wh.")]
+    for name in hides:
+        parent, _, base = name.rpartition("/")
+        if base == ".wh..wh..opq":
+            for path in list(lower):
+                if path.startswith(parent + "/"):
+                    del lower[path]
+        else:
+            target = f"{parent}/{base[4:]}" if parent else base[4:]
+            for path in list(lower):
+                if path == target or path.startswith(target + "/"):
+                    del lower[path]
+    for member in members:
+        info = member.info
+        if info.name.rpartition("/")[2].startswith(".wh."):
+            continue
+        parts = info.name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if lower.get(parent, ("",))[0] != "dir":
+                _drop_below(lower, parent)
+                lower[parent] = ("dir", 0o755, "")
+        if info.islnk():
+            record = lower[info.linkname]
+        elif info.isdir():
+            record = ("dir", info.mode, "")
+        elif info.issym():
+            record = ("symlink", 0o777, info.linkname)
+        else:
+            record = ("file", info.mode, member.data.decode())
+        if record[0] != "dir" or lower.get(info.name, ("",))[0] != "dir":
+            _drop_below(lower, info.name)
+        lower[info.name] = record
+    return lower
+
+
+def _drop_below(model, path):
+    for other in list(model):
+        if other.startswith(path + "/"):
+            del model[other]
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(layer_ops(), min_size=1, max_size=4))
+def test_squash_matches_the_in_memory_model(tmp_path_factory, stack):
+    tmp_path = tmp_path_factory.mktemp("prop")
+    model, layers = {}, []
+    for ops in stack:
+        members = build_members(ops, model)
+        layers.append(members)
+        model = model_apply(model, members)
+    view = slim(tmp_path, *layers)
+    simple = {
+        path: (r.kind, r.mode if r.kind == "dir" else None, r.link or None)
+        for path, r in view.items()
+    }
+    expected = {
+        path: (kind, mode if kind == "dir" else None, link if kind == "symlink"
+               else None)
+        for path, (kind, mode, link) in model.items()
+    }
+    assert simple == expected
+    contents = {p: r.sha256 for p, r in view.items() if r.kind == "file"}
+    assert contents == {p: _sha(r[2]) for p, r in model.items() if r[0] == "file"}
