@@ -1,0 +1,185 @@
+"""Everything a person reads: tables, sizes and progress bars.
+
+The only module that draws. Results go to stdout; progress goes to stderr
+and only when stderr is a terminal and `-q` was not given.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress as Bar,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from slimmer.pipeline import Progress
+from slimmer.report import Report
+
+UNITS = ("B", "kB", "MB", "GB", "TB")
+
+
+def human(size: int | float) -> str:
+    """Decimal units, as `docker images` shows sizes."""
+    value = float(size)
+    for unit in UNITS:
+        if abs(value) < 1000 or unit == UNITS[-1]:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{size} B"
+
+
+def printable(path: str) -> str:
+    # Names that are not UTF-8 arrive as surrogate escapes; show their bytes.
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class BarProgress(Progress):
+    """Progress bars on stderr, one task per step."""
+
+    def __init__(self, console: Console):
+        self._bar = Bar(
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task = None
+
+    def __enter__(self):
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._bar.stop()
+
+    def step(self, name, total=None):
+        if self._task is not None:
+            self._bar.update(self._task, completed=self._bar.tasks[-1].total or 0)
+            self._bar.stop_task(self._task)
+        self._task = self._bar.add_task(name, total=total)
+
+    def advance(self, amount):
+        if self._task is not None:
+            self._bar.advance(self._task, amount)
+
+
+def report(console: Console, report: Report) -> None:
+    _headline(console, report)
+    if report.squash_only:
+        console.print("No profile given: the image was only squashed.")
+    _rules(console, report)
+    _top(console, report)
+    _guarded(console, report)
+    _dangling(console, report)
+    _smoke(console, report)
+    for item in report.breaks:
+        console.print(f"[yellow]breaks[/] ({item['profile']}): "
+                      + escape(item["breaks"]))
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False)
+
+
+def _headline(console, report):
+    source = report.source
+    console.print(f"source  {source['ref']}  {source['id'][:19]}  {human(source['size'])}")
+    if report.result:
+        result = report.result
+        saved = source["size"] - result["size"]
+        share = 100 * result["size"] / source["size"] if source["size"] else 100
+        console.print(
+            f"result  {result['tag']}  {result['id'][:19]}  {human(result['size'])}"
+            f"  ({share:.0f}% of the source, {human(saved)} smaller)"
+        )
+    tally = report.tally
+    verb = "would remove" if report.command == "plan" else "removed"
+    console.print(f"{verb} {tally.files} files, {human(tally.bytes)}")
+
+
+def _rules(console, report):
+    rows = [count for count in report.tally.rules if count.files]
+    if not rows:
+        return
+    table = Table(title="per rule", title_justify="left")
+    for column in ("profile", "rule", "files"):
+        table.add_column(column, justify="right" if column == "files" else "left")
+    table.add_column("size", justify="right")
+    for count in sorted(rows, key=lambda c: -c.bytes):
+        table.add_row(count.profile, Text(count.pattern), str(count.files),
+                      human(count.bytes))
+    console.print(table)
+    if report.unmatched:
+        console.print(
+            "rules that matched nothing: "
+            + ", ".join(f"{u['profile']}:{u['pattern']}" for u in report.unmatched),
+            markup=False,
+        )
+
+
+def _top(console, report):
+    if not report.tally.top:
+        return
+    table = Table(title="largest removed directories", title_justify="left")
+    table.add_column("directory")
+    table.add_column("size", justify="right")
+    for path, size in report.tally.top:
+        table.add_row(Text(printable(path)), human(size))
+    console.print(table)
+
+
+def _guarded(console, report):
+    for item in report.guarded:
+        console.print(
+            escape(f"kept {printable(item['path'])}: needed by {item['needed_by']} "
+                   f"(rule {item['rule']['profile']}:{item['rule']['pattern']})")
+        )
+
+
+def _dangling(console, report):
+    for item in report.dangling:
+        console.print(
+            escape(f"symlink {printable(item['path'])} -> {printable(item['target'])}"
+                   " now points at a removed path")
+        )
+
+
+def _smoke(console, report):
+    for item in report.smoke:
+        mark = "ok" if item["result_rc"] == 0 else "FAILED"
+        console.print(f"smoke {mark}: {item['command']}", markup=False)
+    imports = report.imports
+    if imports:
+        console.print(f"import check: {imports['checked']} modules, "
+                      f"{len(imports['broken'])} broken")
+
+
+def profiles_table(console: Console, profiles) -> None:
+    table = Table()
+    for column in ("name", "source", "description"):
+        table.add_column(column)
+    for profile in profiles:
+        table.add_row(profile.name, Text(profile.source), Text(profile.description))
+    console.print(table)
+
+
+def profile_detail(console: Console, profile, ruleset) -> None:
+    console.print(f"[bold]{profile.name}[/]  ({profile.source})")
+    console.print(profile.description)
+    if profile.extends:
+        console.print("extends: " + ", ".join(profile.extends))
+    if profile.breaks:
+        console.print(f"breaks: {profile.breaks}")
+    console.print("rules (with everything it extends):")
+    for rule in ruleset.rules:
+        console.print(f"  {rule.profile:<16} {rule.pattern}", markup=False)
+    for line in profile.keep:
+        console.print(f"  keep             {line}", markup=False)
+    for command in ruleset.smoke:
+        console.print(f"  smoke            {command}", markup=False)
