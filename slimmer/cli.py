@@ -27,8 +27,9 @@ INTERRUPTED = 130
 class Context:
     def __init__(self, verbose: int, quiet: int):
         self.verbose, self.quiet = verbose, quiet
-        self.out = Console(highlight=False, soft_wrap=True)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.out = Console(highlight=False, soft_wrap=True, emoji=False)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True,
+                           emoji=False)
 
     def progress(self) -> pipeline.Progress:
         if self.quiet or not self.err.is_terminal:

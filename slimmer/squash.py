@@ -31,6 +31,8 @@ OPAQUE = ".wh..wh..opq"
 AUFS_META = ".wh..wh."
 # GNU sparse members keep a map instead of plain bytes; see writer.py.
 SPARSE = b"S"
+# The layer index of a directory no member described (see _parent_dir).
+IMPLIED = -1
 
 
 def squash(layers: Iterable[Layer]) -> Tree:
@@ -75,7 +77,9 @@ def _apply(tree: Tree, index: int, layer: Layer) -> None:
         parent, _, name = path.rpartition("/")
         if name == OPAQUE:
             opaque_dirs.append(parent)
-        elif name.startswith(AUFS_META):
+        elif f"/{path}".find(f"/{AUFS_META}") >= 0:
+            # AUFS keeps hardlink sources under `.wh..wh.plnk/`; the folder
+            # and all it holds are bookkeeping, not image content.
             log.debug("dropping AUFS metadata %s", path)
         elif name.startswith(WHITEOUT):
             hides.append(_join(parent, name[len(WHITEOUT) :]))
@@ -83,13 +87,13 @@ def _apply(tree: Tree, index: int, layer: Layer) -> None:
             adds.append((path, _record(index, info)))
 
     for path in hides:
+        _parent_dir(tree, path, index)
         _remove(tree, path)
     for path in opaque_dirs:
-        directory = tree.get(path)
-        if directory is not None and directory.children is not None:
-            directory.children.clear()
+        directory = _parent_dir(tree, f"{path}/{OPAQUE}", index)
+        directory.children.clear()
     for path, entry in adds:
-        _put(tree, path, entry)
+        _put(tree, path, entry, index)
 
 
 def _join(parent: str, name: str) -> str:
@@ -117,8 +121,8 @@ def _remove(tree: Tree, path: str) -> None:
         parent.children.pop(name, None)
 
 
-def _put(tree: Tree, path: str, entry: Entry) -> None:
-    parent = _parent_dir(tree, path)
+def _put(tree: Tree, path: str, entry: Entry, index: int) -> None:
+    parent = _parent_dir(tree, path, index)
     name = path.rpartition("/")[2]
     if entry.kind == HARDLINK:
         entry = _resolve_hardlink(tree, path, entry)
@@ -130,19 +134,32 @@ def _put(tree: Tree, path: str, entry: Entry) -> None:
     parent.children[name] = entry
 
 
-def _parent_dir(tree: Tree, path: str) -> Entry:
-    """The directory that holds `path`, made if a layer left it implied."""
+def _parent_dir(tree: Tree, path: str, index: int) -> Entry:
+    """The directory that holds `path`, as layer `index` leaves it.
+
+    A layer that holds a path without a header for its parent directory
+    makes the parent anew, as the daemon's unpacker does: root-owned,
+    0755. Under overlay2 that new directory hides the lower one's metadata
+    (though not its children), so a lower directory takes it on too.
+    """
     node = tree.root
-    parts = path.split("/")[:-1]
-    for part in parts:
+    for part in path.split("/")[:-1]:
         child = node.children.get(part)
         if child is None or child.children is None:
-            # NOTE: a member whose parent has no header of its own gets a
-            # plain 0755 directory, as the daemon's unpacker makes one.
-            child = Entry(-1, -1, -1, 0, DIRECTORY, 0o755)
+            child = _implied_dir()
             node.children[part] = child
+        elif child.layer not in (index, IMPLIED):
+            implied = _implied_dir()
+            implied.children = child.children
+            node.children[part] = child = implied
         node = child
     return node
+
+
+def _implied_dir() -> Entry:
+    # NOTE: the daemon stamps such a directory with the time it unpacked
+    # the layer, which no one can reproduce; slimmer writes mtime 0.
+    return Entry(IMPLIED, -1, -1, 0, DIRECTORY, 0o755)
 
 
 def _resolve_hardlink(tree: Tree, path: str, link: Entry) -> Entry:

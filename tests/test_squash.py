@@ -249,58 +249,69 @@ def layer_ops(draw):
     return ops
 
 
-def build_members(ops, model_before):
-    """Turn ops into valid members for one layer (no duplicate paths)."""
-    members, used = [], set()
+def build_members(ops):
+    """Turn ops into valid members for one layer.
+
+    A valid layer names each path once and never both hides a path and
+    puts something at or below it: the daemon refuses such a layer.
+    """
+    members, used, hidden, leaves, files = [], set(), set(), set(), []
     for kind, path, value in ops:
-        if path in used:
+        if path in used or _overlaps(path, hidden) or _overlaps(path, leaves):
             continue
+        if kind in ("whiteout", "file", "symlink", "link") and _overlaps(path, used):
+            continue
+        if kind in ("file", "symlink", "link"):
+            leaves.add(path)
         if kind == "link":
-            candidates = sorted(p for p, r in model_before.items() if r[0] == "file"
-                                and p in used)
-            if not candidates:
+            # A hardlink names a file unpacked earlier in the same layer.
+            if not files:
                 continue
-            members.append(L.hardlink(path, candidates[value % len(candidates)]))
+            members.append(L.hardlink(path, files[value % len(files)]))
         elif kind == "file":
             members.append(L.file(path, f"v{value}"))
+            files.append(path)
         elif kind == "dir":
             members.append(L.directory(path, mode=0o700 + value))
         elif kind == "symlink":
             members.append(L.symlink(path, f"t{value}"))
         elif kind == "whiteout":
             members.append(L.whiteout(path))
+            hidden.add(path)
         else:
             members.append(L.opaque(path))
         used.add(path)
     return members
 
 
+def _overlaps(path, paths):
+    return any(path == other or path.startswith(other + "/")
+               or other.startswith(path + "/") for other in paths)
+
+
 def model_apply(model, members):
-    """The simple model: a flat dict, hides first, then adds in order."""
+    """The simple model: a flat dict, hides first, then adds in order.
+
+    A path whose parent directory the layer does not describe gets a new
+    0755 parent, which hides the lower directory's metadata.
+    """
     lower = dict(model)
-    hides = [m.info.name for m in members if m.info.name.rpartition("/")[2]
-             .startswith(".wh.")]
-    for name in hides:
+    described = {m.info.name for m in members if m.info.isdir()}
+    markers = [m.info.name for m in members
+               if m.info.name.rpartition("/")[2].startswith(".wh.")]
+    for name in markers:
+        _imply_parents(lower, name, described)
         parent, _, base = name.rpartition("/")
-        if base == ".wh..wh..opq":
-            for path in list(lower):
-                if path.startswith(parent + "/"):
-                    del lower[path]
-        else:
-            target = f"{parent}/{base[4:]}" if parent else base[4:]
-            for path in list(lower):
-                if path == target or path.startswith(target + "/"):
-                    del lower[path]
+        target = parent if base == ".wh..wh..opq" else (
+            f"{parent}/{base[4:]}" if parent else base[4:])
+        _drop_below(lower, target)
+        if base != ".wh..wh..opq":
+            lower.pop(target, None)
     for member in members:
         info = member.info
-        if info.name.rpartition("/")[2].startswith(".wh."):
+        if info.name in markers:
             continue
-        parts = info.name.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            if lower.get(parent, ("",))[0] != "dir":
-                _drop_below(lower, parent)
-                lower[parent] = ("dir", 0o755, "")
+        _imply_parents(lower, info.name, described)
         if info.islnk():
             record = lower[info.linkname]
         elif info.isdir():
@@ -313,6 +324,17 @@ def model_apply(model, members):
             _drop_below(lower, info.name)
         lower[info.name] = record
     return lower
+
+
+def _imply_parents(model, name, described):
+    parts = name.split("/")
+    for depth in range(1, len(parts)):
+        parent = "/".join(parts[:depth])
+        if parent in described and model.get(parent, ("",))[0] == "dir":
+            continue
+        if model.get(parent, ("",))[0] != "dir":
+            _drop_below(model, parent)
+        model[parent] = ("dir", 0o755, "")
 
 
 def _drop_below(model, path):
@@ -328,7 +350,7 @@ def test_squash_matches_the_in_memory_model(tmp_path_factory, stack):
     tmp_path = tmp_path_factory.mktemp("prop")
     model, layers = {}, []
     for ops in stack:
-        members = build_members(ops, model)
+        members = build_members(ops)
         layers.append(members)
         model = model_apply(model, members)
     view = slim(tmp_path, *layers)
