@@ -114,9 +114,11 @@ class SavedImage:
 
     def open(self, entry) -> FileSlice:
         """A seekable file object over a regular file's contents."""
-        return FileSlice(self.layers[entry.layer].fd,
-                         self.layers[entry.layer].offset + entry.data_offset,
-                         entry.size)
+        return FileSlice(
+            self.layers[entry.layer].fd,
+            self.layers[entry.layer].offset + entry.data_offset,
+            entry.size,
+        )
 
     def close(self):
         for fd in self._fds:

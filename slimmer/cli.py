@@ -28,8 +28,7 @@ class Context:
     def __init__(self, verbose: int, quiet: int):
         self.verbose, self.quiet = verbose, quiet
         self.out = Console(highlight=False, soft_wrap=True, emoji=False)
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True,
-                           emoji=False)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
     def progress(self) -> pipeline.Progress:
         if self.quiet or not self.err.is_terminal:
@@ -49,8 +48,10 @@ def handle_errors(command):
             _explain(ctx, exc)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
-            ctx.err.print("[red]interrupted[/]: nothing was tagged; the work "
-                          "folder and any candidate image were removed")
+            ctx.err.print(
+                "[red]interrupted[/]: nothing was tagged; the work "
+                "folder and any candidate image were removed"
+            )
             sys.exit(INTERRUPTED)
         except OSError as exc:
             if ctx.verbose:
@@ -93,8 +94,9 @@ def _configure_logging(verbose: int, quiet: int) -> None:
         level = logging.DEBUG
     if quiet:
         level = logging.ERROR
-    logging.basicConfig(level=level, format="%(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(message)s", stream=sys.stderr
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -119,19 +121,28 @@ def image_options(command):
     """Options that `plan` and `apply` share."""
     decorators = [
         click.argument("image"),
-        click.option("-p", "--profile", "profiles", multiple=True,
-                     metavar="NAME|PATH",
-                     help="Removal profile: a built-in or project name, or a "
-                          "path to a .toml file. Repeatable."),
-        click.option("--json", "as_json", is_flag=True,
-                     help="Print one JSON document on stdout."),
-        click.option("--removed-list", type=click.Path(dir_okay=False,
-                                                        path_type=Path),
-                     help="Write every removed path to this file, one a line."),
-        click.option("--workdir", type=click.Path(file_okay=False, exists=True,
-                                                   path_type=Path),
-                     help="Where the temporary work folder goes "
-                          "(default: $TMPDIR)."),
+        click.option(
+            "-p",
+            "--profile",
+            "profiles",
+            multiple=True,
+            metavar="NAME|PATH",
+            help="Removal profile: a built-in or project name, or a "
+            "path to a .toml file. Repeatable.",
+        ),
+        click.option(
+            "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
+        ),
+        click.option(
+            "--removed-list",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write every removed path to this file, one a line.",
+        ),
+        click.option(
+            "--workdir",
+            type=click.Path(file_okay=False, exists=True, path_type=Path),
+            help="Where the temporary work folder goes (default: $TMPDIR).",
+        ),
     ]
     for decorator in reversed(decorators):
         command = decorator(command)
@@ -140,8 +151,12 @@ def image_options(command):
 
 def _options(ctx, image, profiles, removed_list, workdir, **extra):
     return pipeline.Options(
-        ref=image, profiles=list(profiles), removed_list=removed_list,
-        workdir=workdir, cwd=Path.cwd(), **extra,
+        ref=image,
+        profiles=list(profiles),
+        removed_list=removed_list,
+        workdir=workdir,
+        cwd=Path.cwd(),
+        **extra,
     )
 
 
@@ -160,21 +175,47 @@ def _emit(ctx: Context, report, as_json: bool) -> None:
 
 @main.command()
 @image_options
-@click.option("-t", "--tag", metavar="NEW",
-              help="Tag for the result. Default: REPO:TAG-slim.")
-@click.option("--smoke", "smoke_commands", multiple=True, metavar="CMD",
-              help="Shell command that must succeed in the candidate as it "
-                   "does in the source. Repeatable.")
-@click.option("--no-smoke", is_flag=True,
-              help="Run no smoke test at all, the automatic ones included.")
-@click.option("--no-import-check", is_flag=True,
-              help="Skip the automatic Python import check.")
-@click.option("--smoke-timeout", type=click.FloatRange(min=1), default=120,
-              show_default=True, help="Seconds each smoke test may take.")
+@click.option(
+    "-t", "--tag", metavar="NEW", help="Tag for the result. Default: REPO:TAG-slim."
+)
+@click.option(
+    "--smoke",
+    "smoke_commands",
+    multiple=True,
+    metavar="CMD",
+    help="Shell command that must succeed in the candidate as it "
+    "does in the source. Repeatable.",
+)
+@click.option(
+    "--no-smoke",
+    is_flag=True,
+    help="Run no smoke test at all, the automatic ones included.",
+)
+@click.option(
+    "--no-import-check", is_flag=True, help="Skip the automatic Python import check."
+)
+@click.option(
+    "--smoke-timeout",
+    type=click.FloatRange(min=1),
+    default=120,
+    show_default=True,
+    help="Seconds each smoke test may take.",
+)
 @click.pass_obj
 @handle_errors
-def apply(ctx, image, profiles, as_json, removed_list, workdir, tag,
-          smoke_commands, no_smoke, no_import_check, smoke_timeout):
+def apply(
+    ctx,
+    image,
+    profiles,
+    as_json,
+    removed_list,
+    workdir,
+    tag,
+    smoke_commands,
+    no_smoke,
+    no_import_check,
+    smoke_timeout,
+):
     """Slim IMAGE and tag the result, once its smoke tests pass.
 
     Squashes IMAGE's layers, removes what the profiles name, loads the
@@ -194,10 +235,18 @@ def apply(ctx, image, profiles, as_json, removed_list, workdir, tag,
     result (rolled back), 4 smoke test fails on IMAGE itself.
     """
     ctx.json = as_json
-    options = _options(ctx, image, profiles, removed_list, workdir, tag=tag,
-                       smoke=list(smoke_commands), no_smoke=no_smoke,
-                       import_check=not no_import_check,
-                       smoke_timeout=smoke_timeout)
+    options = _options(
+        ctx,
+        image,
+        profiles,
+        removed_list,
+        workdir,
+        tag=tag,
+        smoke=list(smoke_commands),
+        no_smoke=no_smoke,
+        import_check=not no_import_check,
+        smoke_timeout=smoke_timeout,
+    )
     daemon = _daemon()
     with ctx.progress() as progress:
         report = pipeline.apply(daemon, options, progress)

@@ -78,8 +78,9 @@ class Daemon:
             raise DaemonError(f"cannot inspect {ref}: {_short(exc)}") from exc
         return True
 
-    def save(self, image_id: str, target: Path,
-             progress: Callable[[int], None] | None = None) -> None:
+    def save(
+        self, image_id: str, target: Path, progress: Callable[[int], None] | None = None
+    ) -> None:
         """Write `docker save` of `image_id` to the file `target`."""
         try:
             stream = self.api.get_image(image_id, chunk_size=SAVE_CHUNK)
@@ -89,7 +90,9 @@ class Daemon:
                     if progress:
                         progress(len(chunk))
         except _UNREACHABLE as exc:
-            raise DaemonError(f"docker save of {image_id} failed: {_short(exc)}") from exc
+            raise DaemonError(
+                f"docker save of {image_id} failed: {_short(exc)}"
+            ) from exc
 
     def load(self, archive: Iterable[bytes]) -> None:
         """`docker load` the archive streamed from `archive`."""
@@ -116,14 +119,25 @@ class Daemon:
         except _UNREACHABLE as exc:
             log.warning("could not remove image %s: %s", image_id, _short(exc))
 
-    def run(self, image: str, argv: list[str], timeout: float,
-            user: str | None = None, entrypoint: list[str] | None = None) -> RunResult:
+    def run(
+        self,
+        image: str,
+        argv: list[str],
+        timeout: float,
+        user: str | None = None,
+        entrypoint: list[str] | None = None,
+    ) -> RunResult:
         """Run `argv` in a new container with no network, then remove it."""
         container = None
         try:
             container = self.client.containers.create(
-                image, argv, entrypoint=entrypoint, user=user,
-                network_mode="none", detach=True, labels={"slimmer": "smoke"},
+                image,
+                argv,
+                entrypoint=entrypoint,
+                user=user,
+                network_mode="none",
+                detach=True,
+                labels={"slimmer": "smoke"},
             )
             container.start()
             return _wait(container, timeout)

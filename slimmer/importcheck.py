@@ -116,8 +116,9 @@ def interpreters(tree: Tree, config: dict) -> list[str]:
     return found
 
 
-def run_check(daemon: Daemon, image_id: str, request: dict[str, list[str] | None],
-              timeout: float) -> dict[str, dict[str, str | None]]:
+def run_check(
+    daemon: Daemon, image_id: str, request: dict[str, list[str] | None], timeout: float
+) -> dict[str, dict[str, str | None]]:
     """Run the driver in one container; return its findings."""
     first = next(iter(request))
     argv = ["-c", DRIVER, json.dumps(request), str(PER_MODULE_TIMEOUT)]

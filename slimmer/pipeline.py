@@ -91,8 +91,9 @@ def default_tag(ref: str) -> str:
     return f"{repository}:{tag}-slim"
 
 
-def prepare(daemon: Daemon, options: Options, workdir: Path,
-            progress: Progress, command: str) -> Prepared:
+def prepare(
+    daemon: Daemon, options: Options, workdir: Path, progress: Progress, command: str
+) -> Prepared:
     """Resolve profiles, save and squash the source, and prune the tree."""
     ruleset = resolve(options.profiles, options.cwd)
     source = daemon.inspect(options.ref)
@@ -162,21 +163,26 @@ def apply(daemon: Daemon, options: Options, progress: Progress | None = None) ->
     with work_folder(options.workdir) as workdir:
         prepared = prepare(daemon, options, workdir, progress, "apply")
         try:
-            return _build_and_test(daemon, options, prepared, workdir, target,
-                                   progress)
+            return _build_and_test(daemon, options, prepared, workdir, target, progress)
         finally:
             prepared.saved.close()
 
 
 def _build_and_test(daemon, options, prepared, workdir, target, progress) -> Report:
-    report, source = prepared.report, prepared.source
+    report = prepared.report
     baseline = _baseline(daemon, options, prepared, progress)
 
     progress.step("write", sum(e.size for _, e in prepared.tree.walk() if e.is_file))
-    layer = write_layer(prepared.tree, prepared.saved.layers, prepared.removed,
-                        workdir / "layer.tar", progress.advance)
-    config = assemble.new_config(prepared.saved.config, layer.diff_id,
-                                 _summary(prepared))
+    layer = write_layer(
+        prepared.tree,
+        prepared.saved.layers,
+        prepared.removed,
+        workdir / "layer.tar",
+        progress.advance,
+    )
+    config = assemble.new_config(
+        prepared.saved.config, layer.diff_id, _summary(prepared)
+    )
     blob = assemble.config_bytes(config)
     candidate = assemble.image_id(blob)
 
@@ -214,15 +220,17 @@ def _baseline(daemon, options, prepared, progress) -> Baseline:
     commands = list(prepared.ruleset.smoke) + list(options.smoke)
     if commands:
         progress.step("smoke tests on the source")
-        baseline.smoke = smoke.run_on_source(daemon, prepared.source.id, commands,
-                                             options.smoke_timeout)
+        baseline.smoke = smoke.run_on_source(
+            daemon, prepared.source.id, commands, options.smoke_timeout
+        )
     pythons = importcheck.interpreters(prepared.tree, prepared.saved.config)
     if options.import_check and pythons:
         progress.step("import check on the source")
         request = dict.fromkeys(pythons)
         try:
-            found = importcheck.run_check(daemon, prepared.source.id, request,
-                                          options.smoke_timeout * 5)
+            found = importcheck.run_check(
+                daemon, prepared.source.id, request, options.smoke_timeout * 5
+            )
         except SlimmerError as exc:
             prepared.report.notes.append(f"import check skipped: {exc}")
         else:
@@ -234,15 +242,17 @@ def _candidate_tests(daemon, options, candidate, baseline, report, progress):
     if baseline.smoke:
         progress.step("smoke tests on the candidate")
         try:
-            smoke.run_on_candidate(daemon, candidate, baseline.smoke,
-                                   options.smoke_timeout)
+            smoke.run_on_candidate(
+                daemon, candidate, baseline.smoke, options.smoke_timeout
+            )
         finally:
             report.smoke = [result.as_json() for result in baseline.smoke]
     if baseline.imports is not None:
         progress.step("import check on the candidate")
         request = baseline.imports.importable()
         baseline.imports.candidate = importcheck.run_check(
-            daemon, candidate, request, options.smoke_timeout * 5)
+            daemon, candidate, request, options.smoke_timeout * 5
+        )
         lost = baseline.imports.broken()
         report.imports = {
             "checked": sum(len(names) for names in request.values()),
@@ -252,7 +262,8 @@ def _candidate_tests(daemon, options, candidate, baseline, report, progress):
             python, module, error = lost[0]
             raise SmokeFailed(
                 f"module {module} imports in the source but not in the candidate "
-                f"({python}): {error}")
+                f"({python}): {error}"
+            )
 
 
 def _summary(prepared: Prepared) -> str:

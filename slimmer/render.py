@@ -7,14 +7,16 @@ and only when stderr is a terminal and `-q` was not given.
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    Progress as Bar,
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.markup import escape
+from rich.progress import (
+    Progress as Bar,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -81,15 +83,18 @@ def report(console: Console, report: Report) -> None:
     _dangling(console, report)
     _smoke(console, report)
     for item in report.breaks:
-        console.print(f"[yellow]breaks[/] ({item['profile']}): "
-                      + escape(item["breaks"]))
+        console.print(
+            f"[yellow]breaks[/] ({item['profile']}): " + escape(item["breaks"])
+        )
     for note in report.notes:
         console.print(f"note: {note}", markup=False)
 
 
 def _headline(console, report):
     source = report.source
-    console.print(f"source  {source['ref']}  {source['id'][:19]}  {human(source['size'])}")
+    console.print(
+        f"source  {source['ref']}  {source['id'][:19]}  {human(source['size'])}"
+    )
     if report.result:
         result = report.result
         saved = source["size"] - result["size"]
@@ -112,8 +117,9 @@ def _rules(console, report):
         table.add_column(column, justify="right" if column == "files" else "left")
     table.add_column("size", justify="right")
     for count in sorted(rows, key=lambda c: -c.bytes):
-        table.add_row(count.profile, Text(count.pattern), str(count.files),
-                      human(count.bytes))
+        table.add_row(
+            count.profile, Text(count.pattern), str(count.files), human(count.bytes)
+        )
     console.print(table)
     if report.unmatched:
         console.print(
@@ -137,16 +143,20 @@ def _top(console, report):
 def _guarded(console, report):
     for item in report.guarded:
         console.print(
-            escape(f"kept {printable(item['path'])}: needed by {item['needed_by']} "
-                   f"(rule {item['rule']['profile']}:{item['rule']['pattern']})")
+            escape(
+                f"kept {printable(item['path'])}: needed by {item['needed_by']} "
+                f"(rule {item['rule']['profile']}:{item['rule']['pattern']})"
+            )
         )
 
 
 def _dangling(console, report):
     for item in report.dangling:
         console.print(
-            escape(f"symlink {printable(item['path'])} -> {printable(item['target'])}"
-                   " now points at a removed path")
+            escape(
+                f"symlink {printable(item['path'])} -> {printable(item['target'])}"
+                " now points at a removed path"
+            )
         )
 
 
@@ -156,8 +166,10 @@ def _smoke(console, report):
         console.print(f"smoke {mark}: {item['command']}", markup=False)
     imports = report.imports
     if imports:
-        console.print(f"import check: {imports['checked']} modules, "
-                      f"{len(imports['broken'])} broken")
+        console.print(
+            f"import check: {imports['checked']} modules, "
+            f"{len(imports['broken'])} broken"
+        )
 
 
 def profiles_table(console: Console, profiles) -> None:

@@ -39,8 +39,9 @@ class SmokeResult:
         }
 
 
-def run_on_source(daemon: Daemon, image_id: str, commands: list[str],
-                  timeout: float) -> list[SmokeResult]:
+def run_on_source(
+    daemon: Daemon, image_id: str, commands: list[str], timeout: float
+) -> list[SmokeResult]:
     """Baseline: run each command on the source. Raises SmokeBrokenOnSource."""
     results = []
     for command in commands:
@@ -56,8 +57,9 @@ def run_on_source(daemon: Daemon, image_id: str, commands: list[str],
     return results
 
 
-def run_on_candidate(daemon: Daemon, image_id: str, results: list[SmokeResult],
-                     timeout: float) -> list[SmokeResult]:
+def run_on_candidate(
+    daemon: Daemon, image_id: str, results: list[SmokeResult], timeout: float
+) -> list[SmokeResult]:
     """Run each baseline command on the candidate. Raises SmokeFailed."""
     for result in results:
         run = daemon.run(image_id, [result.command], timeout, entrypoint=SHELL)

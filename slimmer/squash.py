@@ -103,15 +103,15 @@ def _join(parent: str, name: str) -> str:
 def _record(index: int, info: tarfile.TarInfo) -> Entry:
     """A compact record of one member; hardlinks keep their target name."""
     if info.islnk():
-        return Entry(index, info.offset, -1, 0, HARDLINK, info.mode,
-                     normalize(info.linkname))
+        return Entry(
+            index, info.offset, -1, 0, HARDLINK, info.mode, normalize(info.linkname)
+        )
     kind = SPARSE if info.issparse() else info.type
     if kind in (tarfile.AREGTYPE, tarfile.CONTTYPE):
         kind = REGULAR
     size = info.size if kind in (REGULAR, SPARSE) else 0
     linkname = info.linkname if info.issym() else None
-    return Entry(index, info.offset, info.offset_data, size, kind, info.mode,
-                 linkname)
+    return Entry(index, info.offset, info.offset_data, size, kind, info.mode, linkname)
 
 
 def _remove(tree: Tree, path: str) -> None:

@@ -40,8 +40,9 @@ class Entry:
         "children",
     )
 
-    def __init__(self, layer, header_offset, data_offset, size, kind, mode,
-                 linkname=None):
+    def __init__(
+        self, layer, header_offset, data_offset, size, kind, mode, linkname=None
+    ):
         self.layer = layer
         self.header_offset = header_offset
         self.data_offset = data_offset
@@ -49,9 +50,7 @@ class Entry:
         self.kind = kind
         self.mode = mode
         self.linkname = linkname
-        self.children: dict[str, Entry] | None = (
-            {} if kind == DIRECTORY else None
-        )
+        self.children: dict[str, Entry] | None = {} if kind == DIRECTORY else None
 
     @property
     def inode(self) -> tuple[int, int]:
@@ -67,12 +66,21 @@ class Entry:
 
     def alias(self) -> Entry:
         """A second name for the same file (a hardlink)."""
-        return Entry(self.layer, self.header_offset, self.data_offset,
-                     self.size, self.kind, self.mode, self.linkname)
+        return Entry(
+            self.layer,
+            self.header_offset,
+            self.data_offset,
+            self.size,
+            self.kind,
+            self.mode,
+            self.linkname,
+        )
 
     def __repr__(self):
-        return (f"Entry(kind={self.kind!r}, layer={self.layer}, "
-                f"size={self.size}, link={self.linkname!r})")
+        return (
+            f"Entry(kind={self.kind!r}, layer={self.layer}, "
+            f"size={self.size}, link={self.linkname!r})"
+        )
 
 
 class Tree:

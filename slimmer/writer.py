@@ -37,8 +37,9 @@ class _HeaderReader:
     """Re-reads member headers from the source layers on demand."""
 
     def __init__(self, layers: list[Layer]):
+        # Closed in close(); the writer holds them for its whole run.
         self._archives = [
-            tarfile.open(fileobj=layer.open(), mode="r:", **ENCODING)
+            tarfile.open(fileobj=layer.open(), mode="r:", **ENCODING)  # noqa: SIM115
             for layer in layers
         ]
 
@@ -60,7 +61,7 @@ class _Sink:
     """The output file, hashed as it is written."""
 
     def __init__(self, path: Path):
-        self.file = open(path, "wb")
+        self.file = open(path, "wb")  # noqa: SIM115 - closed by write_layer
         self.digest = hashlib.sha256()
         self.size = 0
 

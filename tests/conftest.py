@@ -7,6 +7,7 @@ checked to leave no container and no work folder behind.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,14 +16,29 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import layers as L
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
-APPLETS = ("sh", "ls", "cat", "true", "false", "echo", "test", "id", "rm",
-           "stat", "sleep", "readlink", "wc", "sha256sum", "find", "env")
+APPLETS = (
+    "sh",
+    "ls",
+    "cat",
+    "true",
+    "false",
+    "echo",
+    "test",
+    "id",
+    "rm",
+    "stat",
+    "sleep",
+    "readlink",
+    "wc",
+    "sha256sum",
+    "find",
+    "env",
+)
 
 
 def pytest_collection_modifyitems(items):
@@ -77,10 +93,8 @@ class Images:
         import docker.errors
 
         for ref in reversed(self.refs):
-            try:
+            with contextlib.suppress(docker.errors.APIError):
                 self.client.api.remove_image(ref, force=True)
-            except docker.errors.APIError:
-                pass
 
 
 @pytest.fixture
@@ -92,17 +106,25 @@ def images(daemon_client, tmp_path):
 
 def busybox_members(prefix="bin") -> list[L.Member]:
     """A static busybox and the applets the tests use, as layer members."""
-    members = [L.directory(prefix), L.file(f"{prefix}/busybox",
-                                           Path(BUSYBOX).read_bytes(), mode=0o755)]
+    members = [
+        L.directory(prefix),
+        L.file(f"{prefix}/busybox", Path(BUSYBOX).read_bytes(), mode=0o755),
+    ]
     members += [L.symlink(f"{prefix}/{name}", "busybox") for name in APPLETS]
     return members
 
 
 def base_layer() -> list[L.Member]:
-    return [L.directory("etc"), L.file("etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n"),
-            L.file("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
-            L.directory("tmp", mode=0o1777), *busybox_members()]
+    return [
+        L.directory("etc"),
+        L.file(
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n",
+        ),
+        L.file("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+        L.directory("tmp", mode=0o1777),
+        *busybox_members(),
+    ]
 
 
 @pytest.fixture
@@ -126,12 +148,15 @@ class Run:
         env = dict(os.environ, TMPDIR=str(self.tmp), NO_COLOR="1")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         done = subprocess.run(
-            [sys.executable, "-m", "slimmer", *args], cwd=cwd or self.tmp.parent,
-            env=env, capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "slimmer", *args],
+            cwd=cwd or self.tmp.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         if check is not None:
-            assert done.returncode == check, (done.returncode, done.stdout,
-                                              done.stderr)
+            assert done.returncode == check, (done.returncode, done.stdout, done.stderr)
         return done
 
     def json(self, *args, **kwargs) -> dict:
@@ -142,8 +167,9 @@ class Run:
         leftovers = list(self.tmp.iterdir())
         assert not leftovers, f"work files left behind: {leftovers}"
         if self.client is not None:
-            running = self.client.containers.list(all=True,
-                                                  filters={"label": "slimmer"})
+            running = self.client.containers.list(
+                all=True, filters={"label": "slimmer"}
+            )
             assert not running, f"containers left behind: {running}"
 
 

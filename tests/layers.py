@@ -77,11 +77,13 @@ def fifo(name, mode=0o644):
 
 def layer_tar(members, fmt=tarfile.PAX_FORMAT) -> bytes:
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=fmt,
-                      errors="surrogateescape") as archive:
+    with tarfile.open(
+        fileobj=buffer, mode="w", format=fmt, errors="surrogateescape"
+    ) as archive:
         for member in members:
-            archive.addfile(member.info, io.BytesIO(member.data) if member.data
-                            else None)
+            archive.addfile(
+                member.info, io.BytesIO(member.data) if member.data else None
+            )
     return buffer.getvalue()
 
 
@@ -114,10 +116,14 @@ def image_config(spec: ImageSpec, layer_tars: list[bytes]) -> dict:
         "os": "linux",
         "created": "2024-01-01T00:00:00Z",
         "config": spec.config,
-        "rootfs": {"type": "layers",
-                   "diff_ids": [f"sha256:{_sha(t)}" for t in layer_tars]},
-        "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"}
-                    for i in range(len(layer_tars))],
+        "rootfs": {
+            "type": "layers",
+            "diff_ids": [f"sha256:{_sha(t)}" for t in layer_tars],
+        },
+        "history": [
+            {"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"}
+            for i in range(len(layer_tars))
+        ],
     }
 
 

@@ -15,13 +15,27 @@ from dataclasses import dataclass
 
 # Paths the daemon adds to every container's filesystem (its init layer).
 DAEMON_PATHS = {
-    ".dockerenv", "dev", "proc", "sys", "etc", "etc/hostname", "etc/hosts",
-    "etc/resolv.conf", "etc/mtab", "dev/console", "dev/pts", "dev/shm",
+    ".dockerenv",
+    "dev",
+    "proc",
+    "sys",
+    "etc",
+    "etc/hostname",
+    "etc/hosts",
+    "etc/resolv.conf",
+    "etc/mtab",
+    "dev/console",
+    "dev/pts",
+    "dev/shm",
 }
 KINDS = {
-    tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.DIRTYPE: "dir",
-    tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "chardev",
-    tarfile.BLKTYPE: "blockdev", tarfile.FIFOTYPE: "fifo",
+    tarfile.REGTYPE: "file",
+    tarfile.AREGTYPE: "file",
+    tarfile.DIRTYPE: "dir",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "chardev",
+    tarfile.BLKTYPE: "blockdev",
+    tarfile.FIFOTYPE: "fifo",
 }
 
 
@@ -57,15 +71,25 @@ def read_tree(fileobj) -> dict[str, Record]:
             digest = ""
             if info.isreg():
                 digest = hashlib.sha256(tf.extractfile(info).read()).hexdigest()
-            xattrs = tuple(sorted(
-                (k, v) for k, v in info.pax_headers.items()
-                if k.startswith("SCHILY.xattr.")
-            ))
+            xattrs = tuple(
+                sorted(
+                    (k, v)
+                    for k, v in info.pax_headers.items()
+                    if k.startswith("SCHILY.xattr.")
+                )
+            )
             records[path] = Record(
-                KINDS.get(info.type, repr(info.type)), info.mode & 0o7777,
-                info.uid, info.gid, info.size if info.isreg() else 0, digest,
-                info.linkname if info.issym() else "", xattrs, int(info.mtime),
-                (info.devmajor, info.devminor) if info.ischr() or info.isblk()
+                KINDS.get(info.type, repr(info.type)),
+                info.mode & 0o7777,
+                info.uid,
+                info.gid,
+                info.size if info.isreg() else 0,
+                digest,
+                info.linkname if info.issym() else "",
+                xattrs,
+                int(info.mtime),
+                (info.devmajor, info.devminor)
+                if info.ischr() or info.isblk()
                 else (0, 0),
             )
     return records
@@ -73,13 +97,16 @@ def read_tree(fileobj) -> dict[str, Record]:
 
 def export_view(client, ref: str) -> dict[str, Record]:
     """The tree a container of `ref` sees, as the daemon exports it."""
-    container = client.containers.create(ref, command=["true"], entrypoint=[],
-                                         network_disabled=True)
+    container = client.containers.create(
+        ref, command=["true"], entrypoint=[], network_disabled=True
+    )
     try:
-        stream = io.BufferedReader(_Chunks(container.export(chunk_size=1 << 20)),
-                                    1 << 20)
+        stream = io.BufferedReader(
+            _Chunks(container.export(chunk_size=1 << 20)), 1 << 20
+        )
         return {
-            path: record for path, record in read_tree(stream).items()
+            path: record
+            for path, record in read_tree(stream).items()
             if path not in DAEMON_PATHS
         }
     finally:

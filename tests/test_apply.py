@@ -27,10 +27,16 @@ CONFIG = {
 
 
 def app_layer():
-    return [L.directory("work", uid=65534), L.directory("app"),
-            L.directory("app/__pycache__"), L.file("app/__pycache__/m.pyc", b"x" * 300),
-            L.file("app/m.py", "print(1)\n"), L.directory("app/docs"),
-            L.file("app/docs/a.txt", b"d" * 1000), L.file("app/docs/b.txt", b"d" * 20)]
+    return [
+        L.directory("work", uid=65534),
+        L.directory("app"),
+        L.directory("app/__pycache__"),
+        L.file("app/__pycache__/m.pyc", b"x" * 300),
+        L.file("app/m.py", "print(1)\n"),
+        L.directory("app/docs"),
+        L.file("app/docs/a.txt", b"d" * 1000),
+        L.file("app/docs/b.txt", b"d" * 20),
+    ]
 
 
 def write_profile(tmp_path, body, name="team.toml"):
@@ -43,8 +49,9 @@ def image_ids(client):
     return {image.id for image in client.images.list(all=True)}
 
 
-def test_squash_only_matches_the_daemon_view(images, busybox_spec, slimmer,
-                                             daemon_client):
+def test_squash_only_matches_the_daemon_view(
+    images, busybox_spec, slimmer, daemon_client
+):
     upper = [L.directory("app"), L.directory("app/docs"), L.whiteout("app/docs/b.txt")]
     ref = images.load(busybox_spec(app_layer(), upper), "slimmer-test/squash:1")
     images.track("slimmer-test/squash:1-slim")
@@ -57,17 +64,26 @@ def test_squash_only_matches_the_daemon_view(images, busybox_spec, slimmer,
 
 
 def test_profile_removes_exactly_its_paths_and_counts_per_rule(
-        images, busybox_spec, slimmer, daemon_client, tmp_path):
+    images, busybox_spec, slimmer, daemon_client, tmp_path
+):
     ref = images.load(busybox_spec(app_layer()), "slimmer-test/rules:1")
     images.track("slimmer-test/rules:1-slim")
-    profile = write_profile(tmp_path, 'description = "t"\nremove = """\n'
-                            '__pycache__/\napp/docs/\n!app/docs/a.txt\n*.txt\n"""\n')
+    profile = write_profile(
+        tmp_path,
+        'description = "t"\nremove = """\n'
+        '__pycache__/\napp/docs/\n!app/docs/a.txt\n*.txt\n"""\n',
+    )
     report = slimmer.json("apply", "--no-smoke", "-p", profile, ref, check=0)
     after = export_view(daemon_client, ref + "-slim")
     before = export_view(daemon_client, ref)
     gone = sorted(before.keys() - after.keys())
-    assert gone == ["app/__pycache__", "app/__pycache__/m.pyc", "app/docs",
-                    "app/docs/a.txt", "app/docs/b.txt"]
+    assert gone == [
+        "app/__pycache__",
+        "app/__pycache__/m.pyc",
+        "app/docs",
+        "app/docs/a.txt",
+        "app/docs/b.txt",
+    ]
     by_rule = {r["pattern"]: (r["files"], r["bytes"]) for r in report["rules"]}
     # The directory rule takes its files; a `!` inside it cannot bring one back.
     assert by_rule["__pycache__/"] == (1, 300)
@@ -77,7 +93,8 @@ def test_profile_removes_exactly_its_paths_and_counts_per_rule(
 
 
 def test_json_report_has_the_promised_keys_and_daemon_sizes(
-        images, busybox_spec, slimmer, daemon_client):
+    images, busybox_spec, slimmer, daemon_client
+):
     ref = images.load(busybox_spec(app_layer()), "slimmer-test/json:1")
     images.track("slimmer-test/json:1-slim")
     report = slimmer.json("apply", "-p", "pycache", "--smoke", "true", ref, check=0)
@@ -85,8 +102,11 @@ def test_json_report_has_the_promised_keys_and_daemon_sizes(
     result = daemon_client.api.inspect_image(ref + "-slim")
     assert report["schema_version"] == 1
     assert report["source"] == {"ref": ref, "id": source["Id"], "size": source["Size"]}
-    assert report["result"] == {"tag": ref + "-slim", "id": result["Id"],
-                                "size": result["Size"]}
+    assert report["result"] == {
+        "tag": ref + "-slim",
+        "id": result["Id"],
+        "size": result["Size"],
+    }
     assert report["smoke"] == [{"command": "true", "source_rc": 0, "result_rc": 0}]
     assert {"profile", "pattern", "files", "bytes"} <= set(report["rules"][0])
 
@@ -126,7 +146,8 @@ def test_custom_tag_and_ref_without_tag(images, busybox_spec, slimmer):
 def test_missing_image_is_exit_1_with_one_line(slimmer):
     done = slimmer("apply", "slimmer-test/does-not-exist:1", check=1)
     assert done.stderr.strip().splitlines() == [
-        "error: no such image: slimmer-test/does-not-exist:1"]
+        "error: no such image: slimmer-test/does-not-exist:1"
+    ]
 
 
 def test_no_daemon_is_exit_1(slimmer, tmp_path, monkeypatch):
@@ -137,10 +158,12 @@ def test_no_daemon_is_exit_1(slimmer, tmp_path, monkeypatch):
 
 
 def test_broken_profile_is_exit_1_and_writes_nothing(
-        images, busybox_spec, slimmer, daemon_client, tmp_path):
+    images, busybox_spec, slimmer, daemon_client, tmp_path
+):
     ref = images.load(busybox_spec(), "slimmer-test/badprofile:1")
-    profile = write_profile(tmp_path, 'description = "t"\nremove = [unclosed\n',
-                            "bad.toml")
+    profile = write_profile(
+        tmp_path, 'description = "t"\nremove = [unclosed\n', "bad.toml"
+    )
     before = image_ids(daemon_client)
     done = slimmer("apply", "-p", profile, ref, check=1)
     assert "bad.toml" in done.stderr and image_ids(daemon_client) == before
@@ -153,7 +176,8 @@ def test_unknown_profile_is_exit_1(images, busybox_spec, slimmer):
 
 
 def test_smoke_failing_on_source_is_exit_4_and_writes_nothing(
-        images, busybox_spec, slimmer, daemon_client):
+    images, busybox_spec, slimmer, daemon_client
+):
     ref = images.load(busybox_spec(), "slimmer-test/smoke4:1")
     images.track(ref + "-slim")  # removed even if a failed run made it
     before = image_ids(daemon_client)
@@ -164,7 +188,8 @@ def test_smoke_failing_on_source_is_exit_4_and_writes_nothing(
 
 
 def test_smoke_failing_on_candidate_is_exit_3_and_rolls_back(
-        images, busybox_spec, slimmer, daemon_client, tmp_path):
+    images, busybox_spec, slimmer, daemon_client, tmp_path
+):
     ref = images.load(busybox_spec(), "slimmer-test/smoke3:1")
     images.track(ref + "-slim")  # removed even if a failed run made it
     profile = write_profile(tmp_path, 'description = "t"\nremove = "etc/passwd"\n')
@@ -177,7 +202,8 @@ def test_smoke_failing_on_candidate_is_exit_3_and_rolls_back(
 
 
 def test_failed_candidate_keeps_what_the_target_tag_pointed_to(
-        images, busybox_spec, slimmer, daemon_client, tmp_path):
+    images, busybox_spec, slimmer, daemon_client, tmp_path
+):
     ref = images.load(busybox_spec(), "slimmer-test/keeptag:1")
     daemon_client.api.tag(ref, "slimmer-test/keeptag", "1-slim")
     images.track("slimmer-test/keeptag:1-slim")
@@ -190,13 +216,11 @@ def test_smoke_runs_without_network(images, busybox_spec, slimmer):
     ref = images.load(busybox_spec(), "slimmer-test/nonet:1")
     images.track("slimmer-test/nonet:1-slim")
     # With no network a container has only the loopback interface.
-    done = slimmer("apply", "--smoke", "test $(ls /sys/class/net | wc -l) -eq 1",
-                   ref)
+    done = slimmer("apply", "--smoke", "test $(ls /sys/class/net | wc -l) -eq 1", ref)
     assert done.returncode == 0, done.stderr
 
 
-def test_ctrl_c_during_smoke_cleans_up(images, busybox_spec, daemon_client,
-                                       tmp_path):
+def test_ctrl_c_during_smoke_cleans_up(images, busybox_spec, daemon_client, tmp_path):
     import os
 
     ref = images.load(busybox_spec(), "slimmer-test/ctrlc:1")
@@ -206,7 +230,11 @@ def test_ctrl_c_during_smoke_cleans_up(images, busybox_spec, daemon_client,
     env = dict(os.environ, TMPDIR=str(workdir), PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
         [sys.executable, "-m", "slimmer", "apply", "--smoke", "sleep 5", ref],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_container(daemon_client)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
@@ -228,8 +256,14 @@ def _wait_for_container(client, seconds=60):
 
 def test_profiles_list_and_show(slimmer):
     listed = slimmer("profiles", "list", check=0).stdout
-    for name in ("pycache", "rust-toolchain", "build-headers", "python-rust",
-                 "docs", "package-caches"):
+    for name in (
+        "pycache",
+        "rust-toolchain",
+        "build-headers",
+        "python-rust",
+        "docs",
+        "package-caches",
+    ):
         assert name in listed
     shown = slimmer("profiles", "show", "python-rust", check=0).stdout
     assert "pip" in shown and "usr/lib/rustlib" in shown

@@ -6,15 +6,14 @@ with slimmer, writes the one-layer result, and reads it back.
 
 from __future__ import annotations
 
-import io
 import tarfile
 
+import layers as L
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import layers as L
 from oracle import read_tree
+
 from slimmer.archive import read_archive
 from slimmer.errors import ArchiveError
 from slimmer.squash import squash
@@ -46,8 +45,11 @@ def test_file_deleted_in_a_later_layer_is_gone(tmp_path):
 
 
 def test_directory_deleted_in_a_later_layer_takes_its_children(tmp_path):
-    view = slim(tmp_path, [L.directory("a"), L.directory("a/d"), L.file("a/d/x")],
-                [L.whiteout("a/d")])
+    view = slim(
+        tmp_path,
+        [L.directory("a"), L.directory("a/d"), L.file("a/d/x")],
+        [L.whiteout("a/d")],
+    )
     assert names(view) == ["a"]
 
 
@@ -64,31 +66,47 @@ def test_whiteout_and_readd_in_the_same_layer_keeps_the_readd(tmp_path):
 
 @pytest.mark.parametrize("position", ["first", "middle", "last"])
 def test_opaque_directory_hides_lower_children_wherever_the_marker_sits(
-        tmp_path, position):
+    tmp_path, position
+):
     upper = [L.directory("d"), L.file("d/new1"), L.file("d/new2")]
     index = {"first": 0, "middle": 2, "last": 3}[position]
     upper.insert(index, L.opaque("d"))
-    view = slim(tmp_path, [L.directory("d"), L.file("d/old"), L.directory("d/sub"),
-                           L.file("d/sub/deep")], upper)
+    view = slim(
+        tmp_path,
+        [L.directory("d"), L.file("d/old"), L.directory("d/sub"), L.file("d/sub/deep")],
+        upper,
+    )
     assert names(view) == ["d", "d/new1", "d/new2"]
 
 
 def test_whiteout_matches_whole_name_only(tmp_path):
-    view = slim(tmp_path, [L.directory("opt"), L.file("opt/foo"), L.file("opt/foobar")],
-                [L.whiteout("opt/foo")])
+    view = slim(
+        tmp_path,
+        [L.directory("opt"), L.file("opt/foo"), L.file("opt/foobar")],
+        [L.whiteout("opt/foo")],
+    )
     assert names(view) == ["opt", "opt/foobar"]
 
 
 def test_whiteout_stored_as_hardlink_still_hides(tmp_path):
-    view = slim(tmp_path, [L.file("x"), L.file("marker")],
-                [L.file(".wh..wh.plnk/1"), L.hardlink(".wh.x", ".wh..wh.plnk/1")])
+    view = slim(
+        tmp_path,
+        [L.file("x"), L.file("marker")],
+        [L.file(".wh..wh.plnk/1"), L.hardlink(".wh.x", ".wh..wh.plnk/1")],
+    )
     assert "x" not in view and not any(".wh." in p for p in view)
 
 
 def test_aufs_metadata_never_reaches_the_output(tmp_path):
-    view = slim(tmp_path, [L.file("keep")],
-                [L.directory(".wh..wh.plnk"), L.file(".wh..wh.aufs"),
-                 L.file(".wh..wh.plnk/123.456")])
+    view = slim(
+        tmp_path,
+        [L.file("keep")],
+        [
+            L.directory(".wh..wh.plnk"),
+            L.file(".wh..wh.aufs"),
+            L.file(".wh..wh.plnk/123.456"),
+        ],
+    )
     assert names(view) == ["keep"]
 
 
@@ -108,33 +126,42 @@ def test_file_replaced_by_directory(tmp_path):
 
 
 def test_directory_over_directory_merges_and_takes_new_metadata(tmp_path):
-    view = slim(tmp_path, [L.directory("d", mode=0o700), L.file("d/x")],
-                [L.directory("d", mode=0o750, uid=7)])
+    view = slim(
+        tmp_path,
+        [L.directory("d", mode=0o700), L.file("d/x")],
+        [L.directory("d", mode=0o750, uid=7)],
+    )
     assert names(view) == ["d", "d/x"] and view["d"].mode == 0o750
     assert view["d"].uid == 7
 
 
 def test_hardlink_alias_keeps_old_content_after_target_is_replaced(tmp_path):
-    view = slim(tmp_path, [L.file("a", "old"), L.hardlink("b", "a")],
-                [L.file("a", "newer")])
+    view = slim(
+        tmp_path, [L.file("a", "old"), L.hardlink("b", "a")], [L.file("a", "newer")]
+    )
     assert view["b"].sha256 == _sha("old") and view["a"].sha256 == _sha("newer")
 
 
 def test_hardlink_survives_whiteout_of_its_target(tmp_path):
-    view = slim(tmp_path, [L.file("a", "data"), L.hardlink("b", "a")],
-                [L.whiteout("a")])
+    view = slim(
+        tmp_path, [L.file("a", "data"), L.hardlink("b", "a")], [L.whiteout("a")]
+    )
     assert names(view) == ["b"] and view["b"].sha256 == _sha("data")
 
 
 def test_hardlink_target_removed_by_profile_leaves_alias_as_file(tmp_path):
-    view = slim(tmp_path, [L.file("a", "data"), L.hardlink("b", "a"),
-                           L.hardlink("c", "a")], removed={"a"})
+    view = slim(
+        tmp_path,
+        [L.file("a", "data"), L.hardlink("b", "a"), L.hardlink("c", "a")],
+        removed={"a"},
+    )
     assert names(view) == ["b", "c"] and view["c"].sha256 == _sha("data")
 
 
 def test_every_hardlink_in_output_points_to_an_earlier_member(tmp_path):
-    spec = L.ImageSpec([[L.file("z", "data"), L.hardlink("a", "z"),
-                         L.hardlink("m", "z")]])
+    spec = L.ImageSpec(
+        [[L.file("z", "data"), L.hardlink("a", "z"), L.hardlink("m", "z")]]
+    )
     archive = tmp_path / "image.tar"
     archive.write_bytes(L.save_archive(spec))
     saved = read_archive(archive, tmp_path)
@@ -149,15 +176,20 @@ def test_every_hardlink_in_output_points_to_an_earlier_member(tmp_path):
 
 
 def test_metadata_survives(tmp_path):
-    cap = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-    view = slim(tmp_path, [
-        L.directory("root", mode=0o550),
-        L.file("suid", mode=0o4755), L.file("sgid", mode=0o2755),
-        L.directory("sticky", mode=0o1777),
-        L.file("bigid", uid=70000, gid=80000),
-        L.file("ping", mode=0o755, xattrs={"security.capability": cap}),
-        L.file("old", mtime=123456789),
-    ])
+    # A file capability (cap_net_raw), binary as the kernel stores it.
+    cap = "\x01\x00\x00\x02\x00\x20\x00\x00" + "\x00" * 12
+    view = slim(
+        tmp_path,
+        [
+            L.directory("root", mode=0o550),
+            L.file("suid", mode=0o4755),
+            L.file("sgid", mode=0o2755),
+            L.directory("sticky", mode=0o1777),
+            L.file("bigid", uid=70000, gid=80000),
+            L.file("ping", mode=0o755, xattrs={"security.capability": cap}),
+            L.file("old", mtime=123456789),
+        ],
+    )
     assert view["root"].mode == 0o550
     assert view["suid"].mode == 0o4755 and view["sgid"].mode == 0o2755
     assert view["sticky"].mode == 0o1777
@@ -174,15 +206,26 @@ def test_long_and_non_utf8_names_survive(tmp_path):
 
 
 def test_dot_slash_and_bare_names_mix_across_layers(tmp_path):
-    view = slim(tmp_path, [L.directory("./etc"), L.file("./etc/a", "1")],
-                [L.file("etc/a", "2"), L.whiteout("./etc/b")])
+    view = slim(
+        tmp_path,
+        [L.directory("./etc"), L.file("./etc/a", "1")],
+        [L.file("etc/a", "2"), L.whiteout("./etc/b")],
+    )
     assert names(view) == ["etc", "etc/a"] and view["etc/a"].sha256 == _sha("2")
 
 
 def test_special_files_survive(tmp_path):
-    view = slim(tmp_path, [L.directory("dev"), L.chardev("dev/null", 1, 3),
-                           L.blockdev("dev/loop0", 7, 0), L.fifo("pipe"),
-                           L.file("empty"), L.directory("emptydir")])
+    view = slim(
+        tmp_path,
+        [
+            L.directory("dev"),
+            L.chardev("dev/null", 1, 3),
+            L.blockdev("dev/loop0", 7, 0),
+            L.fifo("pipe"),
+            L.file("empty"),
+            L.directory("emptydir"),
+        ],
+    )
     assert view["dev/null"].kind == "chardev" and view["dev/null"].device == (1, 3)
     assert view["dev/loop0"].device == (7, 0) and view["pipe"].kind == "fifo"
     assert view["empty"].size == 0 and view["emptydir"].kind == "dir"
@@ -191,8 +234,13 @@ def test_special_files_survive(tmp_path):
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
 @pytest.mark.parametrize("layout", ["legacy", "oci"])
 def test_compressed_layers_in_both_layouts(tmp_path, compression, layout):
-    view = slim(tmp_path, [L.file("a", "1")], [L.file("b", "2")],
-                compression=compression, layout=layout)
+    view = slim(
+        tmp_path,
+        [L.file("a", "1")],
+        [L.file("b", "2")],
+        compression=compression,
+        layout=layout,
+    )
     assert names(view) == ["a", "b"]
 
 
@@ -207,9 +255,14 @@ def test_hardlink_escaping_the_root_is_refused(tmp_path):
 
 
 def test_symlink_targets_are_kept_verbatim_never_resolved(tmp_path):
-    view = slim(tmp_path, [L.symlink("abs", "/etc/shadow"),
-                           L.symlink("rel", "../../../../etc"),
-                           L.symlink("dangling", "nowhere")])
+    view = slim(
+        tmp_path,
+        [
+            L.symlink("abs", "/etc/shadow"),
+            L.symlink("rel", "../../../../etc"),
+            L.symlink("dangling", "nowhere"),
+        ],
+    )
     assert view["abs"].link == "/etc/shadow" and view["rel"].link == "../../../../etc"
 
 
@@ -243,9 +296,18 @@ PATHS = st.lists(NAMES, min_size=1, max_size=3).map("/".join)
 
 @st.composite
 def layer_ops(draw):
-    ops = draw(st.lists(st.tuples(
-        st.sampled_from(["file", "dir", "symlink", "whiteout", "opaque", "link"]),
-        PATHS, st.integers(0, 3)), max_size=8))
+    ops = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(
+                    ["file", "dir", "symlink", "whiteout", "opaque", "link"]
+                ),
+                PATHS,
+                st.integers(0, 3),
+            ),
+            max_size=8,
+        )
+    )
     return ops
 
 
@@ -285,8 +347,10 @@ def build_members(ops):
 
 
 def _overlaps(path, paths):
-    return any(path == other or path.startswith(other + "/")
-               or other.startswith(path + "/") for other in paths)
+    return any(
+        path == other or path.startswith(other + "/") or other.startswith(path + "/")
+        for other in paths
+    )
 
 
 def model_apply(model, members):
@@ -297,13 +361,19 @@ def model_apply(model, members):
     """
     lower = dict(model)
     described = {m.info.name for m in members if m.info.isdir()}
-    markers = [m.info.name for m in members
-               if m.info.name.rpartition("/")[2].startswith(".wh.")]
+    markers = [
+        m.info.name
+        for m in members
+        if m.info.name.rpartition("/")[2].startswith(".wh.")
+    ]
     for name in markers:
         _imply_parents(lower, name, described)
         parent, _, base = name.rpartition("/")
-        target = parent if base == ".wh..wh..opq" else (
-            f"{parent}/{base[4:]}" if parent else base[4:])
+        target = (
+            parent
+            if base == ".wh..wh..opq"
+            else (f"{parent}/{base[4:]}" if parent else base[4:])
+        )
         _drop_below(lower, target)
         if base != ".wh..wh..opq":
             lower.pop(target, None)
@@ -343,8 +413,11 @@ def _drop_below(model, path):
             del model[other]
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(st.lists(layer_ops(), min_size=1, max_size=4))
 def test_squash_matches_the_in_memory_model(tmp_path_factory, stack):
     tmp_path = tmp_path_factory.mktemp("prop")
@@ -359,8 +432,11 @@ def test_squash_matches_the_in_memory_model(tmp_path_factory, stack):
         for path, r in view.items()
     }
     expected = {
-        path: (kind, mode if kind == "dir" else None, link if kind == "symlink"
-               else None)
+        path: (
+            kind,
+            mode if kind == "dir" else None,
+            link if kind == "symlink" else None,
+        )
         for path, (kind, mode, link) in model.items()
     }
     assert simple == expected
