@@ -315,3 +315,72 @@ def profiles_show(ctx, name):
     found = available_profiles(Path.cwd())
     profile = found.get(name) or load_profile_file(Path(name))
     render.profile_detail(ctx.out, profile, ruleset)
+
+
+class SizeType(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        from slimmer.analyze import parse_size
+
+        try:
+            return parse_size(value)
+        except SlimmerError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@main.command()
+@click.argument("image")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@click.option("--max-wasted", type=SizeType(), help="Fail (exit 5) above this waste.")
+@click.option(
+    "--min-efficiency",
+    type=click.FloatRange(0, 1),
+    help="Fail (exit 5) below this efficiency.",
+)
+@click.option("--max-size", type=SizeType(), help="Fail (exit 5) above this size.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Where the temporary work folder goes (default: $TMPDIR).",
+)
+@click.pass_obj
+@handle_errors
+def analyze(ctx, image, as_json, max_wasted, min_efficiency, max_size, workdir):
+    """Show where IMAGE's bytes went and what each profile would win back.
+
+    Per layer: its size, the command that made it, and the paths it added,
+    changed and deleted. Wasted bytes are file bytes a layer stores that
+    the merged tree no longer shows, because a later layer overwrote or
+    deleted them. Efficiency is merged file bytes / stored file bytes:
+    1.0 means no layer hides anything of another.
+
+    SIZE is bytes or a number with a unit: 10MB, 1.5GiB, 500kB. Gates can
+    also be set in slimmer.toml, in an [analyze] table with max_wasted,
+    min_efficiency and max_size; options win.
+
+    \b
+    Examples:
+      slimmer analyze semaphore:latest
+      slimmer analyze --json app:1.2 > analysis.json
+      slimmer analyze --max-wasted 10MB --min-efficiency 0.9 app:1.2
+    """
+    from slimmer import analyze as study
+
+    gates = study.project_gates(Path.cwd())
+    for name, value in (
+        ("max_wasted", max_wasted),
+        ("max_size", max_size),
+        ("min_efficiency", min_efficiency),
+    ):
+        if value is not None:
+            setattr(gates, name, value)
+    daemon = _daemon()
+    with ctx.progress() as progress:
+        source, analysis = study.analyze(daemon, image, Path.cwd(), workdir, progress)
+    document = study.as_json(image, source, analysis)
+    if as_json:
+        click.echo(dumps(document))
+    else:
+        render.analysis(ctx.out, document)
+    study.check_gates(analysis, source.size, gates)

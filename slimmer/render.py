@@ -121,11 +121,15 @@ def _rules(console, report):
             count.profile, Text(count.pattern), str(count.files), human(count.bytes)
         )
     console.print(table)
-    if report.unmatched:
+    if report.unmatched and report.command == "plan":
         console.print(
             "rules that matched nothing: "
             + ", ".join(f"{u['profile']}:{u['pattern']}" for u in report.unmatched),
             markup=False,
+        )
+    elif report.unmatched:
+        console.print(
+            f"{len(report.unmatched)} rules matched nothing (`slimmer plan` lists them)"
         )
 
 
@@ -195,3 +199,53 @@ def profile_detail(console: Console, profile, ruleset) -> None:
         console.print(f"  keep             {line}", markup=False)
     for command in ruleset.smoke:
         console.print(f"  smoke            {command}", markup=False)
+
+
+def analysis(console: Console, document: dict) -> None:
+    source = document["source"]
+    console.print(
+        f"image  {source['ref']}  {source['id'][:19]}  {human(source['size'])}",
+        markup=False,
+    )
+    table = Table(title="layers", title_justify="left")
+    for column in ("#", "size", "added", "changed", "deleted", "created by"):
+        table.add_column(column, justify="left" if column == "created by" else "right")
+    for layer in document["layers"]:
+        table.add_row(
+            str(layer["index"]),
+            human(layer["size"]),
+            str(layer["added"]),
+            str(layer["changed"]),
+            str(layer["deleted"]),
+            Text(_short(layer["created_by"], 60)),
+        )
+    console.print(table)
+    console.print(
+        f"wasted {human(document['wasted_bytes'])} "
+        f"(stored {human(document['stored_bytes'])}, shown "
+        f"{human(document['merged_bytes'])}); efficiency {document['efficiency']:.3f}",
+        markup=False,
+    )
+    _sizes(console, "largest directories", document["top_dirs"])
+    _sizes(console, "largest files", document["top_files"])
+    priced = Table(title="what each profile would remove", title_justify="left")
+    priced.add_column("profile")
+    priced.add_column("files", justify="right")
+    priced.add_column("size", justify="right")
+    for item in sorted(document["profiles"], key=lambda p: -p["bytes"]):
+        priced.add_row(item["name"], str(item["files"]), human(item["bytes"]))
+    console.print(priced)
+
+
+def _sizes(console, title, rows):
+    table = Table(title=title, title_justify="left")
+    table.add_column("path")
+    table.add_column("size", justify="right")
+    for row in rows:
+        table.add_row(Text(printable(row["path"])), human(row["bytes"]))
+    console.print(table)
+
+
+def _short(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -171,3 +171,26 @@ def _resolve_hardlink(tree: Tree, path: str, link: Entry) -> Entry:
             f"hardlink {path!r} points to {link.linkname!r}, which is not a file"
         )
     return target.alias()
+
+
+def apply_layer(tree: Tree, index: int, layer: Layer) -> None:
+    """Apply one layer on `tree`, for callers that look between layers."""
+    try:
+        _apply(tree, index, layer)
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"layer {index} is not a valid tar: {exc}") from exc
+
+
+def marker(path: str) -> tuple[str, str] | None:
+    """What a member path means when it is a marker, else None.
+
+    ("whiteout", hidden path), ("opaque", directory) or ("aufs", path).
+    """
+    parent, _, name = path.rpartition("/")
+    if name == OPAQUE:
+        return ("opaque", parent)
+    if f"/{path}".find(f"/{AUFS_META}") >= 0:
+        return ("aufs", path)
+    if name.startswith(WHITEOUT):
+        return ("whiteout", _join(parent, name[len(WHITEOUT) :]))
+    return None

@@ -119,3 +119,72 @@ def test_squash_alone_equals_the_daemon_view(example, daemon_client, tmp_path):
         assert differences(expected, export_view(daemon_client, flat)) == []
     finally:
         subprocess.run(["docker", "rmi", "-f", flat], capture_output=True)
+
+
+def test_plan_agrees_with_apply_to_the_byte_and_creates_nothing(
+    slimmed, daemon_client, tmp_path
+):
+    images_before = {image.id for image in daemon_client.images.list(all=True)}
+    containers_before = daemon_client.containers.list(all=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slimmer",
+            "plan",
+            "-p",
+            "python-rust",
+            "--json",
+            EXAMPLE,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=str(ROOT)),
+    )
+    assert done.returncode == 0, done.stderr
+    plan, applied = json.loads(done.stdout), json.loads(slimmed[0].stdout)
+    assert plan["removed"] == applied["removed"]
+    assert plan["rules"] == applied["rules"]
+    assert {image.id for image in daemon_client.images.list(all=True)} == images_before
+    assert daemon_client.containers.list(all=True) == containers_before
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def analysis(example, tmp_path_factory):
+    done = subprocess.run(
+        [sys.executable, "-m", "slimmer", "analyze", "--json", EXAMPLE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_analyze_finds_the_wheels_left_in_a_lower_layer(analysis):
+    assert analysis["wasted_bytes"] >= 60_000_000
+    assert {"layers", "wasted_bytes", "efficiency", "profiles"} <= set(analysis)
+
+
+def test_analyze_prices_python_rust_as_plan_does(analysis, slimmed):
+    applied = json.loads(slimmed[0].stdout)["removed"]["bytes"]
+    priced = {p["name"]: p["bytes"] for p in analysis["profiles"]}["python-rust"]
+    assert abs(priced - applied) <= 0.05 * applied
+
+
+def test_analyze_gate_on_waste_exits_5(example):
+    done = subprocess.run(
+        [sys.executable, "-m", "slimmer", "analyze", "--max-wasted", "10MB", EXAMPLE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert done.returncode == 5, done.stderr
+    assert "--max-wasted" in done.stderr
