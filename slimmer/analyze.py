@@ -22,8 +22,8 @@ from pathlib import Path
 
 from slimmer import guards as guard_rules
 from slimmer.archive import SavedImage, read_archive
-from slimmer.pipeline import work_folder
 from slimmer.errors import SlimmerError, ThresholdExceeded
+from slimmer.pipeline import work_folder
 from slimmer.profiles import available_profiles, resolve
 from slimmer.prune import select
 from slimmer.report import SCHEMA_VERSION, tally

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
+import layers as L
 import pytest
 
-import layers as L
 from slimmer.analyze import parse_size
 from slimmer.errors import SlimmerError
 
