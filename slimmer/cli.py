@@ -291,7 +291,12 @@ def profiles():
 @click.pass_obj
 @handle_errors
 def profiles_list(ctx):
-    """List built-in and project profiles, and where each comes from."""
+    """List built-in and project profiles, and where each comes from.
+
+    \b
+    Example:
+      slimmer profiles list
+    """
     from slimmer.profiles import available_profiles
 
     found = available_profiles(Path.cwd())
