@@ -54,12 +54,19 @@ def handle_errors(command):
             )
             sys.exit(INTERRUPTED)
         except OSError as exc:
-            if ctx.verbose:
-                ctx.err.print_exception()
-            ctx.err.print(f"[red]error[/]: {exc}", markup=True)
-            sys.exit(EXIT_ERROR)
+            _fail(ctx, escape(str(exc)))
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            _fail(ctx, f"internal error: {type(exc).__name__}: {escape(str(exc))}"
+                  + ("" if ctx.verbose else " (run with -v for the traceback)"))
 
     return wrapper
+
+
+def _fail(ctx: Context, message: str) -> None:
+    if ctx.verbose:
+        ctx.err.print_exception()
+    ctx.err.print(f"[red]error[/]: {message}")
+    sys.exit(EXIT_ERROR)
 
 
 def _explain(ctx: Context, exc: SlimmerError) -> None:

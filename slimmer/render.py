@@ -137,7 +137,7 @@ def _top(console, report):
     if not report.tally.top:
         return
     table = Table(title="largest removed directories", title_justify="left")
-    table.add_column("directory")
+    table.add_column("directory", overflow="fold")
     table.add_column("size", justify="right")
     for path, size in report.tally.top:
         table.add_row(Text(printable(path)), human(size))
@@ -239,7 +239,7 @@ def analysis(console: Console, document: dict) -> None:
 
 def _sizes(console, title, rows):
     table = Table(title=title, title_justify="left")
-    table.add_column("path")
+    table.add_column("path", overflow="fold")
     table.add_column("size", justify="right")
     for row in rows:
         table.add_row(Text(printable(row["path"])), human(row["bytes"]))
