@@ -56,8 +56,11 @@ def handle_errors(command):
         except OSError as exc:
             _fail(ctx, escape(str(exc)))
         except Exception as exc:  # noqa: BLE001 - the last line of defence
-            _fail(ctx, f"internal error: {type(exc).__name__}: {escape(str(exc))}"
-                  + ("" if ctx.verbose else " (run with -v for the traceback)"))
+            _fail(
+                ctx,
+                f"internal error: {type(exc).__name__}: {escape(str(exc))}"
+                + ("" if ctx.verbose else " (run with -v for the traceback)"),
+            )
 
     return wrapper
 
@@ -78,6 +81,8 @@ def _explain(ctx: Context, exc: SlimmerError) -> None:
             if result.result_rc not in (None, 0) or result.source_rc != 0:
                 _show_outputs(ctx, result)
     ctx.err.print(f"[red]error[/]: {escape(str(exc))}")
+    if getattr(exc, "bisect", None):
+        render.bisection(ctx.err, exc.bisect)
     report = getattr(exc, "report", None)
     if report is not None and getattr(ctx, "json", False):
         document = report.as_json()
@@ -202,11 +207,18 @@ def _emit(ctx: Context, report, as_json: bool) -> None:
     "--no-import-check", is_flag=True, help="Skip the automatic Python import check."
 )
 @click.option(
+    "--bisect",
+    is_flag=True,
+    help="When a smoke test or the import check fails, find the smallest set "
+    "of rules that breaks it; each probe writes, loads and tests an image.",
+)
+@click.option(
     "--smoke-timeout",
     type=click.FloatRange(min=1),
     default=120,
     show_default=True,
-    help="Seconds each smoke test may take.",
+    help="Seconds each smoke test may take; also each module's limit in the "
+    "import check.",
 )
 @click.pass_obj
 @handle_errors
@@ -221,6 +233,7 @@ def apply(
     smoke_commands,
     no_smoke,
     no_import_check,
+    bisect,
     smoke_timeout,
 ):
     """Slim IMAGE and tag the result, once its smoke tests pass.
@@ -236,6 +249,7 @@ def apply(
       slimmer apply -p pycache -p docs --smoke 'python3 -c "import ssl"' app:1.2
       slimmer apply app:1.2 -t app:flat        # squash only
       slimmer apply -p ./team.toml --json app:1.2 > report.json
+      slimmer apply -p python-rust --bisect app:1.2   # which rule broke it?
 
     \b
     Exit codes: 0 done, 1 error, 2 usage, 3 smoke test failed on the
@@ -253,6 +267,7 @@ def apply(
         no_smoke=no_smoke,
         import_check=not no_import_check,
         smoke_timeout=smoke_timeout,
+        bisect=bisect,
     )
     daemon = _daemon()
     with ctx.progress() as progress:

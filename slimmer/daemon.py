@@ -119,54 +119,6 @@ class Daemon:
         except _UNREACHABLE as exc:
             log.warning("could not remove image %s: %s", image_id, _short(exc))
 
-    def run(
-        self,
-        image: str,
-        argv: list[str],
-        timeout: float,
-        user: str | None = None,
-        entrypoint: list[str] | None = None,
-    ) -> RunResult:
-        """Run `argv` in a new container with no network, then remove it."""
-        container = None
-        try:
-            container = self.client.containers.create(
-                image,
-                argv,
-                entrypoint=entrypoint,
-                user=user,
-                network_mode="none",
-                detach=True,
-                labels={"slimmer": "smoke"},
-            )
-            container.start()
-            return _wait(container, timeout)
-        except docker.errors.APIError as exc:
-            return RunResult(127, f"cannot run: {_short(exc)}")
-        except _UNREACHABLE as exc:
-            raise DaemonError(f"cannot run a container: {_short(exc)}") from exc
-        finally:
-            if container is not None:
-                _discard(container)
-
-
-def _wait(container, timeout: float) -> RunResult:
-    try:
-        status = container.wait(timeout=timeout)
-    except requests.exceptions.ReadTimeout:
-        container.kill()
-        output = container.logs().decode("utf-8", "replace")
-        return RunResult(-1, output, timed_out=True)
-    output = container.logs().decode("utf-8", "replace")
-    return RunResult(status.get("StatusCode", 1), output)
-
-
-def _discard(container) -> None:
-    try:
-        container.remove(force=True)
-    except Exception as exc:  # noqa: BLE001 - cleanup must not mask the cause
-        log.warning("could not remove container %s: %s", container.id[:12], exc)
-
 
 def split_ref(ref: str) -> tuple[str, str]:
     """`repo[:tag]` as (repo, tag); a colon in a registry port is no tag."""

@@ -70,7 +70,7 @@ def find_guards(tree: Tree, contents, config: dict, removed: dict) -> list[Guard
     `config` is the image config document; `removed` maps each path the
     rules remove to its rule, and is not changed.
     """
-    finder = _Finder(_View(tree, contents), config, removed)
+    finder = _Finder(TreeView(tree, contents), config, removed)
     programs = finder.guard_programs()
     if finder.library_guards_possible():
         finder.guard_libraries(programs)
@@ -79,8 +79,12 @@ def find_guards(tree: Tree, contents, config: dict, removed: dict) -> list[Guard
     return sorted(finder.guards.values(), key=lambda guard: guard.path)
 
 
-class _View:
-    """Path lookups and file reads over the Tree, cached."""
+class TreeView:
+    """Path lookups and file reads over the Tree, cached.
+
+    Every lookup stays inside the image: symlinks are followed through the
+    Tree, never on the host. `contents` reads file bytes, as in find_guards.
+    """
 
     def __init__(self, tree: Tree, contents):
         self.tree, self.contents = tree, contents
@@ -97,6 +101,18 @@ class _View:
         if path not in self._resolved:
             self._resolved[path] = self._follow(path)
         return self._resolved[path]
+
+    def locate(self, path: str) -> str | None:
+        """The tree path `path` names, as lstat(2) sees it.
+
+        The directories above it are followed through symlinks, the last
+        name is not; None when a directory above it is missing.
+        """
+        parent, _, name = path.strip("/").rpartition("/")
+        found = self.resolve(parent)
+        if found is None or found.entry.children is None or name in ("", ".", ".."):
+            return None
+        return _join(found.path, name)
 
     def _follow(self, path: str) -> _Resolved | None:
         pending = path.split("/")[::-1]
@@ -194,7 +210,7 @@ def _join(directory: str, name: str) -> str:
 class _Finder:
     """Follows what the image needs and collects the guards it finds."""
 
-    def __init__(self, view: _View, config: dict, removed: dict):
+    def __init__(self, view: TreeView, config: dict, removed: dict):
         self.view, self.removed = view, removed
         self.guards: dict[str, Guard] = {}
         self.settings = config.get("config") or {}

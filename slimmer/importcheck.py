@@ -10,23 +10,31 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from slimmer.daemon import Daemon
-from slimmer.errors import DaemonError
+from slimmer.daemon import RunResult
+from slimmer.errors import SlimmerError
+from slimmer.guards import DEFAULT_PATH, TreeView
 from slimmer.tree import Tree
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAMES = ("python3", "python")
-PER_MODULE_TIMEOUT = 60
+RESULT_MARK = "SLIMMER-IMPORTS "
+# How long the one container may take, in per-module timeouts, beyond
+# one per module: the listing and the interpreters' own start-up.
+SPARE_TIMEOUTS = 4
+# The listing in the source: an unknown number of modules, so a cap.
+LISTING_TIMEOUTS = 20
 
-# Runs inside the container, under the first interpreter found. argv:
-# a JSON object {interpreter: [module, ...] or null}; null means "find the
-# top-level modules of that interpreter's site-packages and dist-packages".
+# Runs inside the container, under the first interpreter found. argv: a
+# JSON object {interpreter: [module, ...] or null}, where null means "list
+# the top-level modules of that interpreter's site- and dist-packages",
+# then the per-module timeout in seconds.
 DRIVER = r"""
-import json, os, subprocess, sys
+import json, os, re, subprocess, sys
 LISTER = '''
 import json, os, sys
 SUFFIXES = (".py", ".so", ".pyd")
@@ -35,37 +43,43 @@ for d in sys.path:
     if not d.endswith(("site-packages", "dist-packages")) or not os.path.isdir(d):
         continue
     for name in os.listdir(d):
-        path = os.path.join(d, name)
         stem = name.split(".")[0]
         if not stem.isidentifier() or stem == "__pycache__":
             continue
-        if os.path.isdir(path) and "." not in name:
-            found.add(stem)
+        if os.path.isdir(os.path.join(d, name)):
+            if "." not in name:
+                found.add(stem)
         elif name.endswith(SUFFIXES):
             found.add(stem)
-print(json.dumps(sorted(found)))
+print(json.dumps({"prefix": sys.prefix, "modules": sorted(found)}))
 '''
+ERROR = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
 def run(argv, timeout):
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                           cwd="/")
+        p = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                           timeout=timeout, cwd="/")
     except subprocess.TimeoutExpired:
-        return 124, "timed out"
+        return 124, "timed out after %d s" % timeout
     except OSError as exc:
         return 127, str(exc)
-    lines = (p.stderr or p.stdout).strip().splitlines()
-    return p.returncode, lines[-1] if lines else ""
+    lines = [l for l in (p.stderr or p.stdout).splitlines() if l.strip()]
+    errors = [l for l in lines if ERROR.match(l)]
+    return p.returncode, (errors or lines or [""])[-1]
 request = json.loads(sys.argv[1])
 timeout = int(sys.argv[2])
 report, seen = {}, set()
 for interpreter, modules in request.items():
-    real = os.path.realpath(interpreter)
-    if real in seen or not os.access(real, os.X_OK):
+    if not os.access(interpreter, os.X_OK):
         continue
-    seen.add(real)
     if modules is None:
         rc, out = run([interpreter, "-c", LISTER], timeout)
-        modules = json.loads(out) if rc == 0 else []
+        listing = json.loads(out) if rc == 0 else {"prefix": "", "modules": []}
+        # A venv's python is a symlink to the system one, yet another sys.path.
+        identity = (os.path.realpath(interpreter), listing["prefix"])
+        if identity in seen:
+            continue
+        seen.add(identity)
+        modules = listing["modules"]
     results = {}
     for module in modules:
         rc, out = run([interpreter, "-c", "import " + module], timeout)
@@ -74,13 +88,24 @@ for interpreter, modules in request.items():
 print("SLIMMER-IMPORTS " + json.dumps(report))
 """
 
+Results = dict[str, dict[str, str | None]]
+Run = Callable[[list[str], float, list[str]], RunResult]
+
+
+class DriverFailed(SlimmerError):
+    """The import check's driver gave no result: its interpreter is broken."""
+
+    def __init__(self, message: str, output: str = ""):
+        super().__init__(message)
+        self.output = output
+
 
 @dataclass
 class ImportCheck:
     """Which modules imported where: {interpreter: {module: error or None}}."""
 
-    source: dict[str, dict[str, str | None]] = field(default_factory=dict)
-    candidate: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    source: Results = field(default_factory=dict)
+    candidate: Results = field(default_factory=dict)
 
     def importable(self) -> dict[str, list[str]]:
         """The modules that import in the source, per interpreter."""
@@ -88,6 +113,9 @@ class ImportCheck:
             interpreter: [name for name, error in modules.items() if error is None]
             for interpreter, modules in self.source.items()
         }
+
+    def checked(self) -> int:
+        return sum(len(names) for names in self.importable().values())
 
     def broken(self) -> list[tuple[str, str, str]]:
         """(interpreter, module, error) that import in the source only."""
@@ -102,31 +130,69 @@ class ImportCheck:
 
 
 def interpreters(tree: Tree, config: dict) -> list[str]:
-    """Python interpreters on the image's PATH, in PATH order."""
+    """Python interpreters on the image's PATH, in PATH order.
+
+    Symlinks are followed inside the image, so a venv's `python3` counts,
+    and a name whose link points nowhere does not.
+    """
     path = DEFAULT_PATH
     for item in (config.get("config") or {}).get("Env") or []:
         if item.startswith("PATH="):
             path = item[len("PATH=") :]
+    view = TreeView(tree, None)
     found = []
     for directory in path.split(":"):
+        # NOTE: an empty or relative PATH element depends on the working
+        # dir of whoever runs python; such elements are skipped.
+        if not directory.startswith("/"):
+            continue
         for name in NAMES:
             candidate = f"{directory.rstrip('/')}/{name}"
-            if tree.get(candidate.lstrip("/")) is not None and candidate not in found:
+            target = view.resolve(candidate)
+            # execvp(3): only a regular file with execute permission runs.
+            if target is None or not target.entry.is_file:
+                continue
+            if target.entry.mode & 0o111 and candidate not in found:
                 found.append(candidate)
     return found
 
 
+def timeout_for(request: dict[str, list[str] | None], per_module: float) -> float:
+    """How long the one container of the check may run."""
+    if any(modules is None for modules in request.values()):
+        return per_module * LISTING_TIMEOUTS
+    count = sum(len(modules) for modules in request.values())
+    return per_module * (count + SPARE_TIMEOUTS)
+
+
 def run_check(
-    daemon: Daemon, image_id: str, request: dict[str, list[str] | None], timeout: float
-) -> dict[str, dict[str, str | None]]:
-    """Run the driver in one container; return its findings."""
+    run: Run, request: dict[str, list[str] | None], per_module: float
+) -> Results:
+    """Run the driver in one container; return its findings.
+
+    `run(argv, timeout, entrypoint)` runs one container of the image under
+    test. Raises DriverFailed when the driver reports nothing: its
+    interpreter does not start, or the container timed out.
+    """
     first = next(iter(request))
-    argv = ["-c", DRIVER, json.dumps(request), str(PER_MODULE_TIMEOUT)]
-    run = daemon.run(image_id, argv, timeout, entrypoint=[first])
-    for line in run.output.splitlines():
-        if line.startswith("SLIMMER-IMPORTS "):
-            return json.loads(line.split(" ", 1)[1])
-    raise DaemonError(
-        f"the import check did not finish in {image_id[:19]} "
-        f"(exit {run.exit_code}): {run.output.strip()[-200:]}"
-    )
+    seconds = max(1, int(per_module))
+    argv = ["-c", DRIVER, json.dumps(request), str(seconds)]
+    result = run(argv, timeout_for(request, per_module), [first])
+    for line in result.output.splitlines():
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK) :])
+    if result.timed_out:
+        reason = "timed out"
+    else:
+        reason = f"exit {result.exit_code}: {error_line(result.output)}"
+    raise DriverFailed(f"{first} ran no import check ({reason})", result.output)
+
+
+def error_line(output: str) -> str:
+    """The line of a Python failure that names the error, else the last one."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    named = [line for line in lines if _ERROR.match(line)]
+    return (named or lines or ["no output"])[-1]
+
+
+_ERROR = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")

@@ -1,10 +1,11 @@
 """The pipeline: save, squash, prune, write, load, smoke test, tag.
 
 `prepare` runs the steps `plan` and `apply` share, up to the prune step,
-so the two cannot disagree. `apply` then writes, loads and tests the
-candidate, and tags it only when every smoke test passed. Whatever goes
-wrong, the source image is untouched, the work folder is removed and a
-candidate that is not tagged is removed too.
+so the two cannot disagree. `apply` then runs the smoke tests on the
+source, writes, loads and tests the candidate, and tags it only when every
+test passed. Whatever goes wrong, Ctrl-C included, the source image is
+untouched, the work folder is removed, a candidate that is not tagged is
+removed too, and the target tag keeps what it pointed to.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slimmer import assemble, guards, importcheck, smoke
+from slimmer import assemble, bisect, guards, importcheck, links, packages, smoke
 from slimmer.archive import SavedImage, read_archive
 from slimmer.daemon import Daemon, ImageInfo, split_ref
 from slimmer.errors import SlimmerError, SmokeFailed
@@ -27,7 +28,7 @@ from slimmer.report import Report, tally, write_lines_atomically
 from slimmer.rules import Ruleset
 from slimmer.squash import squash
 from slimmer.tree import Tree
-from slimmer.writer import write_layer
+from slimmer.writer import WrittenLayer, write_layer
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +103,19 @@ def prepare(
     archive = workdir / "source.tar"
     daemon.save(source.id, archive, progress.advance)
     saved = read_archive(archive, workdir)
+    try:
+        return _prune(source, saved, ruleset, options, progress, command)
+    except BaseException:
+        saved.close()
+        raise
 
+
+def _prune(source, saved, ruleset, options, progress, command) -> Prepared:
     progress.step("squash", len(saved.layers))
     tree = squash(saved.layers)
 
     progress.step("prune")
-    plan = select(tree, ruleset)
-    removed = dict(plan.removed)
+    removed = dict(select(tree, ruleset).removed)
     kept = guards.find_guards(tree, saved, saved.config, removed)
     for guard in kept:
         _restore(removed, guard.path)
@@ -119,6 +126,8 @@ def prepare(
         profiles=[profile.name for profile in ruleset.profiles],
         tally=tally(tree, removed, list(ruleset.rules)),
         guarded=[_guard_json(guard) for guard in kept],
+        dangling=links.dangling(tree, removed),
+        packages=packages.lost_files(tree, saved, removed),
         breaks=[{"profile": p, "breaks": text} for p, text in ruleset.breaks],
     )
     report.unmatched = [
@@ -126,8 +135,6 @@ def prepare(
         for count in report.tally.rules
         if count.files == 0 and not count.pattern.startswith("!")
     ]
-    if options.removed_list:
-        write_lines_atomically(options.removed_list, ("/" + p for p in removed))
     return Prepared(source, saved, tree, ruleset, removed, report)
 
 
@@ -147,36 +154,102 @@ def _guard_json(guard) -> dict:
     }
 
 
+def _write_removed_list(options: Options, prepared: Prepared) -> None:
+    if options.removed_list:
+        lines = ("/" + path for path in prepared.removed)
+        write_lines_atomically(options.removed_list, lines)
+
+
 def plan(daemon: Daemon, options: Options, progress: Progress | None = None) -> Report:
     """What `apply` would remove. Writes no image and runs no container."""
     progress = progress or Progress()
     with work_folder(options.workdir) as workdir:
         prepared = prepare(daemon, options, workdir, progress, "plan")
-        prepared.saved.close()
+        try:
+            _write_removed_list(options, prepared)
+        finally:
+            prepared.saved.close()
         return prepared.report
 
 
 def apply(daemon: Daemon, options: Options, progress: Progress | None = None) -> Report:
-    """Slim the image; tag the candidate only when its smoke tests pass."""
+    """Slim the image; tag the candidate only when its smoke tests pass.
+
+    Raises SmokeBrokenOnSource (nothing written) or SmokeFailed (rolled
+    back; with `options.bisect` its `bisect` names the culprit rules), and
+    KeyboardInterrupt after the same rollback.
+    """
     progress = progress or Progress()
     target = options.tag or default_tag(options.ref)
     with work_folder(options.workdir) as workdir:
         prepared = prepare(daemon, options, workdir, progress, "apply")
         try:
             return _build_and_test(daemon, options, prepared, workdir, target, progress)
+        except SlimmerError as exc:
+            exc.report = prepared.report
+            raise
         finally:
             prepared.saved.close()
 
 
 def _build_and_test(daemon, options, prepared, workdir, target, progress) -> Report:
     report = prepared.report
-    baseline = _baseline(daemon, options, prepared, progress)
+    runner = smoke.Runner(daemon, options.smoke_timeout)
+    suite = _baseline(runner, options, prepared, progress)
+    # The tests pass on the source: only now is anything written.
+    _write_removed_list(options, prepared)
 
+    candidate = _write(daemon, prepared, prepared.removed, workdir, progress)
+    try:
+        _load(daemon, candidate, progress)
+        try:
+            suite.check(candidate.id, progress.step)
+        finally:
+            report.smoke, report.imports = suite.smoke_json(), suite.imports_json()
+        result = daemon.inspect(candidate.id)
+        _commit(daemon, candidate.id, target)
+    except BaseException as exc:
+        _discard(daemon, candidate)
+        if isinstance(exc, SmokeFailed) and options.bisect:
+            exc.bisect = report.bisect = _bisect(
+                daemon, prepared, suite.failing(), workdir, progress
+            )
+        raise
+    report.result = {"tag": target, "id": result.id, "size": result.size}
+    return report
+
+
+def _baseline(runner, options, prepared, progress) -> smoke.Suite:
+    """Run every smoke test on the source; raises SmokeBrokenOnSource."""
+    notes = prepared.report.notes
+    if options.no_smoke:
+        notes.append("smoke tests were turned off (--no-smoke)")
+        return smoke.Suite(runner)
+    commands = list(prepared.ruleset.smoke) + list(options.smoke)
+    pythons = []
+    if options.import_check:
+        pythons = importcheck.interpreters(prepared.tree, prepared.saved.config)
+    return smoke.baseline(
+        runner, prepared.source.id, commands, pythons, notes, progress.step
+    )
+
+
+@dataclass
+class Candidate:
+    """An image written to the work folder, about to be loaded."""
+
+    id: str
+    existed: bool  # the daemon had this image before: never remove it
+    config: bytes
+    layer: WrittenLayer
+
+
+def _write(daemon, prepared, removed, workdir, progress) -> Candidate:
     progress.step("write", sum(e.size for _, e in prepared.tree.walk() if e.is_file))
     layer = write_layer(
         prepared.tree,
         prepared.saved.layers,
-        prepared.removed,
+        removed,
         workdir / "layer.tar",
         progress.advance,
     )
@@ -184,86 +257,74 @@ def _build_and_test(daemon, options, prepared, workdir, target, progress) -> Rep
         prepared.saved.config, layer.diff_id, _summary(prepared)
     )
     blob = assemble.config_bytes(config)
-    candidate = assemble.image_id(blob)
+    image = assemble.image_id(blob)
+    return Candidate(image, daemon.exists(image), blob, layer)
 
-    progress.step("load", layer.size)
-    existed = daemon.exists(candidate)
-    daemon.load(assemble.stream_archive(blob, layer.path, layer.diff_id))
-    layer.path.unlink()
+
+def _load(daemon: Daemon, candidate: Candidate, progress: Progress) -> None:
+    progress.step("load", candidate.layer.size)
+    held = smoke.DeferredInterrupt()
+    layer = candidate.layer
+    stream = assemble.stream_archive(candidate.config, layer.path, layer.diff_id)
     try:
-        _candidate_tests(daemon, options, candidate, baseline, report, progress)
-        daemon.tag(candidate, target)
-    except BaseException as exc:
-        # Roll back: the candidate goes unless it was there before us.
-        if not existed:
-            daemon.remove_image(candidate)
-        if isinstance(exc, SlimmerError):
-            exc.report = report
+        daemon.load(_sent(stream, progress, held))
+    except BaseException:
+        held.release(reraise=False)
         raise
-    result = daemon.inspect(candidate)
-    report.result = {"tag": target, "id": result.id, "size": result.size}
-    return report
+    held.release()
+    layer.path.unlink()
 
 
-@dataclass
-class Baseline:
-    smoke: list = field(default_factory=list)
-    imports: importcheck.ImportCheck | None = None
+def _sent(chunks, progress: Progress, held: smoke.DeferredInterrupt):
+    for chunk in chunks:
+        yield chunk
+        progress.advance(len(chunk))
+    # Every byte is with the daemon, which finishes the load even if we go:
+    # hold Ctrl-C until it answers, so that the image it makes is removed.
+    held.hold()
 
 
-def _baseline(daemon, options, prepared, progress) -> Baseline:
-    """Run every smoke test on the source first; raises SmokeBrokenOnSource."""
-    baseline = Baseline()
-    if options.no_smoke:
-        prepared.report.notes.append("smoke tests were turned off (--no-smoke)")
-        return baseline
-    commands = list(prepared.ruleset.smoke) + list(options.smoke)
-    if commands:
-        progress.step("smoke tests on the source")
-        baseline.smoke = smoke.run_on_source(
-            daemon, prepared.source.id, commands, options.smoke_timeout
-        )
-    pythons = importcheck.interpreters(prepared.tree, prepared.saved.config)
-    if options.import_check and pythons:
-        progress.step("import check on the source")
-        request = dict.fromkeys(pythons)
+def _commit(daemon: Daemon, image: str, target: str) -> None:
+    held = smoke.DeferredInterrupt()
+    held.hold()
+    try:
+        daemon.tag(image, target)
+    finally:
+        # Once tagged, the run is done: a Ctrl-C now must not undo it.
+        held.release(reraise=False)
+
+
+def _discard(daemon: Daemon, candidate: Candidate) -> None:
+    with smoke.DeferredInterrupt():
+        if not candidate.existed:
+            daemon.remove_image(candidate.id)
+
+
+def _bisect(daemon, prepared, failing, workdir, progress) -> dict | None:
+    """Probe subsets of the rules for the smallest one that still breaks."""
+    rules = bisect.relevant_rules(prepared.ruleset.rules, prepared.removed)
+    if not rules:
+        prepared.report.notes.append("bisect: no rule removed anything")
+        return bisect.as_json(bisect.Bisection([], 0))
+
+    def breaks(subset: list) -> bool:
+        chosen = set(subset)
+        progress.step(f"bisect: probe {len(chosen)} of {len(rules)} rules")
+        removed = {p: r for p, r in prepared.removed.items() if r in chosen}
+        probe = _write(daemon, prepared, removed, workdir, progress)
         try:
-            found = importcheck.run_check(
-                daemon, prepared.source.id, request, options.smoke_timeout * 5
-            )
-        except SlimmerError as exc:
-            prepared.report.notes.append(f"import check skipped: {exc}")
-        else:
-            baseline.imports = importcheck.ImportCheck(source=found)
-    return baseline
-
-
-def _candidate_tests(daemon, options, candidate, baseline, report, progress):
-    if baseline.smoke:
-        progress.step("smoke tests on the candidate")
-        try:
-            smoke.run_on_candidate(
-                daemon, candidate, baseline.smoke, options.smoke_timeout
-            )
+            _load(daemon, probe, progress)
+            return failing.breaks(probe.id)
         finally:
-            report.smoke = [result.as_json() for result in baseline.smoke]
-    if baseline.imports is not None:
-        progress.step("import check on the candidate")
-        request = baseline.imports.importable()
-        baseline.imports.candidate = importcheck.run_check(
-            daemon, candidate, request, options.smoke_timeout * 5
-        )
-        lost = baseline.imports.broken()
-        report.imports = {
-            "checked": sum(len(names) for names in request.values()),
-            "broken": [{"python": p, "module": m, "error": e} for p, m, e in lost],
-        }
-        if lost:
-            python, module, error = lost[0]
-            raise SmokeFailed(
-                f"module {module} imports in the source but not in the candidate "
-                f"({python}): {error}"
-            )
+            _discard(daemon, probe)
+
+    try:
+        found = bisect.ddmin(rules, breaks)
+    except SlimmerError as exc:
+        prepared.report.notes.append(f"bisect stopped: {exc}")
+        return None
+    log.info("bisect: %d probes", found.probes)
+    return bisect.as_json(found)
 
 
 def _summary(prepared: Prepared) -> str:

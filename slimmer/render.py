@@ -82,6 +82,9 @@ def report(console: Console, report: Report) -> None:
     _guarded(console, report)
     _dangling(console, report)
     _smoke(console, report)
+    _packages(console, report)
+    if report.bisect and report.command != "apply":
+        bisection(console, report.bisect)
     for item in report.breaks:
         console.print(
             f"[yellow]breaks[/] ({item['profile']}): " + escape(item["breaks"])
@@ -169,10 +172,45 @@ def _smoke(console, report):
         mark = "ok" if item["result_rc"] == 0 else "FAILED"
         console.print(f"smoke {mark}: {item['command']}", markup=False)
     imports = report.imports
-    if imports:
+    if imports.get("error"):
+        console.print(f"import check: {imports['error']}", markup=False)
+    elif imports:
         console.print(
-            f"import check: {imports['checked']} modules, "
-            f"{len(imports['broken'])} broken"
+            f"import check: {imports.get('checked', 0)} modules, "
+            f"{len(imports.get('broken', []))} broken"
+        )
+
+
+def _packages(console, report):
+    for item in report.packages:
+        console.print(
+            f"package {item['package']} lost {item['files_removed']} files; "
+            "the package database still lists it as installed",
+            markup=False,
+        )
+
+
+def bisection(console: Console, found: dict) -> None:
+    """What --bisect found: the culprit rules and a keep line to fix them."""
+    if not found.get("culprits"):
+        console.print("bisect: no rule removed anything, so none is to blame")
+        return
+    rules = found.get("rules") or [
+        {"profile": "?", "pattern": p} for p in found["culprits"]
+    ]
+    names = ", ".join(f"{r['profile']}:{r['pattern']}" for r in rules)
+    console.print(
+        f"bisect: the culprit rules are {names} (found in {found['probes']} probes)",
+        markup=False,
+    )
+    if found.get("keep"):
+        console.print(
+            f"to fix, add this line to a profile: {found['keep']}", markup=False
+        )
+    if not found.get("minimal", True):
+        console.print(
+            "bisect stopped at its probe limit; the set may not be the smallest",
+            markup=False,
         )
 
 

@@ -13,10 +13,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from python_image import profile_file
 
 from slimmer.elf import ElfInfo, expand_tokens, parse_ld_so_conf
 from slimmer.guards import Guard, find_guards
+from slimmer.links import dangling
 from slimmer.tree import DIRECTORY, REGULAR, SYMLINK, Entry, Tree
+
+pytest_plugins = ["python_image"]
 
 RULE = "rule:remove-everything"
 EM_AARCH64 = 183
@@ -487,3 +491,87 @@ def test_host_filesystem_is_never_consulted():
     assert guards_of(image, config(entrypoint=["run"]), everything(image)) == {
         "usr/local/bin/run": "entrypoint"
     }
+
+
+# -- dangling symlinks ---------------------------------------------------------
+
+
+def test_symlink_to_a_removed_file_dangles():
+    image = FakeImage()
+    image.file("etc/alternatives-target", "x")
+    image.symlink("etc/link", "/etc/alternatives-target")
+    assert dangling(image.tree, {"etc/alternatives-target": RULE}) == [
+        {"path": "/etc/link", "target": "/etc/alternatives-target"}
+    ]
+
+
+def test_symlink_into_a_removed_directory_dangles():
+    image = FakeImage()
+    image.file("usr/share/man/man1/awk.1.gz", "x")
+    image.symlink("etc/awk.1.gz", "../usr/share/man/man1/awk.1.gz")
+    removed = everything_below(image, "usr/share/man")
+    assert [item["path"] for item in dangling(image.tree, removed)] == ["/etc/awk.1.gz"]
+
+
+def test_symlink_crossing_a_removed_symlink_dangles():
+    image = FakeImage()
+    image.file("opt/real/tool", "x")
+    image.symlink("opt/current", "real")
+    image.symlink("usr/bin/tool", "/opt/current/tool")
+    found = dangling(image.tree, {"opt/current": RULE})
+    assert found == [{"path": "/usr/bin/tool", "target": "/opt/current/tool"}]
+
+
+def test_symlink_to_a_kept_file_or_a_removed_symlink_itself_is_not_listed():
+    image = FakeImage()
+    image.file("lib/libz.so.1.2", "x")
+    image.symlink("lib/libz.so.1", "libz.so.1.2")
+    image.symlink("lib/libz.so", "libz.so.1")
+    assert dangling(image.tree, {"lib/libz.so": RULE}) == []
+
+
+def test_symlink_already_dangling_in_the_source_is_not_listed():
+    image = FakeImage()
+    image.file("etc/passwd", "root\n")
+    image.symlink("etc/broken", "/no/such/file")
+    assert dangling(image.tree, {"etc/passwd": RULE}) == []
+
+
+def test_dangling_targets_resolve_in_the_image_not_on_the_host():
+    image = FakeImage()
+    # /etc/passwd exists on the host; here the rule removes the image's own.
+    image.file("etc/passwd", "root\n")
+    image.symlink("etc/users", "/etc/passwd")
+    assert Path("/etc/passwd").exists()
+    assert dangling(image.tree, {"etc/passwd": RULE})[0]["path"] == "/etc/users"
+
+
+def everything_below(image: FakeImage, top: str) -> dict[str, str]:
+    return {top: RULE, **{path: RULE for path, _ in image.tree.walk(top)}}
+
+
+# -- on the real daemon: a rule naming a library a kept binary loads ----------
+
+LIBS = "usr/lib/x86_64-linux-gnu"
+
+
+def test_rule_naming_a_library_a_kept_binary_loads_is_overridden(
+    python_image, images, slimmer, tmp_path
+):
+    tag = images.track("slimmer-safety/guarded:1")
+    rules = [f"{LIBS}/libyaml-0.so*", f"{LIBS}/libexpat.so*", "usr/share/doc/"]
+    profile = profile_file(tmp_path, "safety-guard", rules)
+    smoke = "python3 -c 'import pyexpat, yaml; assert yaml.__with_libyaml__'"
+    report = slimmer.json(
+        "apply", "-p", profile, "-t", tag, "--smoke", smoke, python_image, check=0
+    )
+    guarded = {item["path"]: item for item in report["guarded"]}
+    expat = guarded[f"/{LIBS}/libexpat.so.1"]
+    assert expat["needed_by"] == "usr/bin/python3.11"
+    assert expat["rule"] == {"profile": "safety-guard", "pattern": rules[1]}
+    libyaml = guarded[f"/{LIBS}/libyaml-0.so.2.0.9"]
+    assert libyaml["needed_by"].endswith("/_yaml.cpython-311-x86_64-linux-gnu.so")
+    assert libyaml["rule"] == {"profile": "safety-guard", "pattern": rules[0]}
+    assert {f"/{LIBS}/libyaml-0.so.2", f"/{LIBS}/libexpat.so.1.8.10"} <= set(guarded)
+    assert report["smoke"] == [{"command": smoke, "source_rc": 0, "result_rc": 0}]
+    assert report["result"]["tag"] == tag
