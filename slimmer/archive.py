@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import posixpath
 import shutil
 import tarfile
 from dataclasses import dataclass, field
@@ -156,17 +157,30 @@ def read_archive(path: Path, workdir: Path) -> SavedImage:
 
 
 def _index_members(path: Path) -> dict[str, tuple[int, int]]:
-    """Map each member name of the outer archive to (data offset, size)."""
-    members = {}
+    """Map each member name of the outer archive to (data offset, size).
+
+    A link member maps to what its target holds: a save layout may keep
+    `<id>/layer.tar` as a link to the blob that holds the layer.
+    """
+    members, links = {}, {}
     with tarfile.open(path, "r:") as outer:
         for info in outer:
+            name = posixpath.normpath(info.name)
             if info.isfile():
-                members[info.name.removeprefix("./")] = (info.offset_data, info.size)
+                members[name] = (info.offset_data, info.size)
+            elif info.issym():
+                parent = posixpath.dirname(name)
+                links[name] = posixpath.normpath(posixpath.join(parent, info.linkname))
+            elif info.islnk():
+                links[name] = posixpath.normpath(info.linkname)
+    for name, target in links.items():
+        if target in members:
+            members[name] = members[target]
     return members
 
 
 def _member(members, name: str) -> tuple[int, int]:
-    key = name.removeprefix("./")
+    key = posixpath.normpath(name)
     if key not in members:
         raise ValueError(f"the manifest names {name!r}, which the archive lacks")
     return members[key]

@@ -11,7 +11,11 @@ overlay2 storage driver applies them:
 - A non-directory placed at a path hides everything the lower layers had
   below it; a directory placed over a directory merges with it.
 - Other `.wh..wh.` names are AUFS bookkeeping (`.wh..wh.plnk`,
-  `.wh..wh.aufs`) and are dropped. No marker reaches the tree.
+  `.wh..wh.aufs`) and are dropped. A regular file in `.wh..wh.plnk/` is
+  the source of hardlinks elsewhere in its layer; they keep its bytes.
+  No marker reaches the tree.
+- An opaque marker at the image root is ignored: overlayfs never reads
+  the opaque xattr on a layer's root, so the daemon shows the lower files.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ from collections.abc import Iterable, Iterator
 
 from slimmer.archive import Layer
 from slimmer.errors import ArchiveError
-from slimmer.tree import DIRECTORY, HARDLINK, REGULAR, Entry, Tree
+from slimmer.tree import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Entry, Tree
 
 log = logging.getLogger(__name__)
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 AUFS_META = ".wh..wh."
+# AUFS keeps the sources of a layer's hardlinks here (moby pkg/archive).
+AUFS_LINK_DIR = ".wh..wh.plnk/"
 # GNU sparse members keep a map instead of plain bytes; see writer.py.
 SPARSE = b"S"
 # The layer index of a directory no member described (see _parent_dir).
@@ -71,28 +77,34 @@ def members(layer: Layer) -> Iterator[tarfile.TarInfo]:
 
 
 def _apply(tree: Tree, index: int, layer: Layer) -> None:
-    hides, opaque_dirs, adds = [], [], []
+    hides, opaque_dirs, adds, aufs_sources = [], [], [], {}
     for info in members(layer):
         path = normalize(info.name)
-        parent, _, name = path.rpartition("/")
-        if name == OPAQUE:
-            opaque_dirs.append(parent)
-        elif f"/{path}".find(f"/{AUFS_META}") >= 0:
-            # AUFS keeps hardlink sources under `.wh..wh.plnk/`; the folder
-            # and all it holds are bookkeeping, not image content.
+        meaning = marker(path)
+        if meaning is None:
+            if path:
+                adds.append((path, _record(index, info)))
+        elif meaning[0] == "whiteout":
+            hides.append(meaning[1])
+        elif meaning[0] == "opaque":
+            opaque_dirs.append(meaning[1])
+        elif path.startswith(AUFS_LINK_DIR) and info.isreg():
+            aufs_sources[path] = _record(index, info)
+        else:
             log.debug("dropping AUFS metadata %s", path)
-        elif name.startswith(WHITEOUT):
-            hides.append(_join(parent, name[len(WHITEOUT) :]))
-        elif path:
-            adds.append((path, _record(index, info)))
 
     for path in hides:
         _parent_dir(tree, path, index)
         _remove(tree, path)
     for path in opaque_dirs:
+        if not path:
+            log.debug("ignoring an opaque marker at the image root, as overlayfs")
+            continue
         directory = _parent_dir(tree, f"{path}/{OPAQUE}", index)
         directory.children.clear()
     for path, entry in adds:
+        if entry.kind == HARDLINK:
+            entry = _resolve_hardlink(tree, path, entry, aufs_sources)
         _put(tree, path, entry, index)
 
 
@@ -124,9 +136,6 @@ def _remove(tree: Tree, path: str) -> None:
 def _put(tree: Tree, path: str, entry: Entry, index: int) -> None:
     parent = _parent_dir(tree, path, index)
     name = path.rpartition("/")[2]
-    if entry.kind == HARDLINK:
-        entry = _resolve_hardlink(tree, path, entry)
-
     existing = parent.children.get(name)
     if entry.is_dir and existing is not None and existing.is_dir:
         # A directory over a directory merges: new metadata, old children.
@@ -162,15 +171,21 @@ def _implied_dir() -> Entry:
     return Entry(IMPLIED, -1, -1, 0, DIRECTORY, 0o755)
 
 
-def _resolve_hardlink(tree: Tree, path: str, link: Entry) -> Entry:
+def _resolve_hardlink(tree: Tree, path: str, link: Entry, aufs_sources) -> Entry:
     # A hardlink names a file already unpacked; it becomes a second name
-    # for that file, so later changes to the target name do not touch it.
-    target = tree.get(link.linkname)
+    # for that record, so later changes to the target name do not touch it.
+    target = aufs_sources.get(link.linkname) or tree.get(link.linkname)
     if target is None or target.is_dir:
         raise ArchiveError(
             f"hardlink {path!r} points to {link.linkname!r}, which is not a file"
         )
-    return target.alias()
+    # moby pkg/archive applies the link member's owner, mode and mtime to
+    # the shared inode (chown, then chmod, as the kernel clears set-id bits
+    # on chown); a symlink's mode and mtime stay.
+    tree.links.setdefault(target.inode, []).append(link.inode)
+    if target.kind != SYMLINK:
+        target.mode = link.mode
+    return target
 
 
 def apply_layer(tree: Tree, index: int, layer: Layer) -> None:

@@ -24,9 +24,9 @@ class Entry:
     """One path of the squashed tree.
 
     `layer` and `header_offset` locate the member's first header block
-    (extended headers included) inside its layer. Hardlink aliases share
-    the record fields of the file they point to, so two entries with the
-    same `inode` are one file with several names.
+    (extended headers included) inside its layer. The names of a file with
+    hardlinks share one record (or copies made by `alias`), so two entries
+    with the same `inode` are one file with several names.
     """
 
     __slots__ = (
@@ -92,6 +92,10 @@ class Tree:
 
     def __init__(self):
         self.root = Entry(-1, -1, -1, 0, DIRECTORY, 0o755)
+        # inode -> (layer, header offset) of each hardlink member naming it,
+        # in order: the unpacker applies each one's owner, mode, mtime and
+        # xattrs to the shared inode, so the last one's win.
+        self.links: dict[tuple[int, int], list[tuple[int, int]]] = {}
 
     def get(self, path: str) -> Entry | None:
         node = self.root

@@ -8,6 +8,7 @@ kept files are read a second time.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -18,12 +19,18 @@ from pathlib import Path
 
 from slimmer.archive import COPY_BUFFER, Layer
 from slimmer.squash import SPARSE
-from slimmer.tree import DIRECTORY, Entry, Tree
+from slimmer.tree import REGULAR, Entry, Tree
 
 log = logging.getLogger(__name__)
 
 BLOCK = tarfile.BLOCKSIZE
 ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+# Extended header records that the writer derives anew from the fields.
+DROPPED = {"path", "linkpath", "size", "hdrcharset"}
+SPARSE_KEYS = "GNU.sparse."
+XATTR = "SCHILY.xattr."
+OWNER = ("uid", "gid", "uname", "gname")
+MODE_AND_TIME = ("mode", "mtime")
 
 
 @dataclass
@@ -33,7 +40,7 @@ class WrittenLayer:
     diff_id: str  # "sha256:<hex>" of the uncompressed tar, as rootfs wants
 
 
-class _HeaderReader:
+class HeaderReader:
     """Re-reads member headers from the source layers on demand."""
 
     def __init__(self, layers: list[Layer]):
@@ -44,9 +51,13 @@ class _HeaderReader:
         ]
 
     def header(self, entry: Entry) -> tarfile.TarInfo:
-        archive = self._archives[entry.layer]
-        archive.fileobj.seek(entry.header_offset)
-        archive.offset = entry.header_offset
+        return self.at(entry.layer, entry.header_offset)
+
+    def at(self, layer: int, offset: int) -> tarfile.TarInfo:
+        """The member whose first header block is at `offset` of `layer`."""
+        archive = self._archives[layer]
+        archive.fileobj.seek(offset)
+        archive.offset = offset
         return tarfile.TarInfo.fromtarfile(archive)
 
     def sparse_reader(self, entry: Entry, info: tarfile.TarInfo):
@@ -86,19 +97,15 @@ def write_layer(
     """Write every path of `tree` not in `removed` to the tar `target`.
 
     A path in `removed` takes its subtree with it. Each file's first kept
-    name is written as a regular file and later names as hardlinks to it,
-    so every hardlink points to a member written earlier.
+    name is written in full and later names as hardlinks to it, so every
+    hardlink points to a member written earlier.
     """
-    reader = _HeaderReader(layers)
+    reader = HeaderReader(layers)
     sink = _Sink(target)
-    first_name: dict[tuple[int, int], str] = {}
+    names = Names(tree)
     try:
         for path, entry in _kept(tree, removed):
-            info = _header_for(reader, path, entry)
-            if entry.is_file and entry.inode in first_name:
-                info = _as_hardlink(info, first_name[entry.inode])
-            elif entry.is_file:
-                first_name[entry.inode] = path
+            info = member_info(reader, names, path, entry)
             _write_member(sink, reader, layers, entry, info)
             if progress:
                 progress(entry.size)
@@ -125,7 +132,45 @@ def _kept(tree: Tree, removed: Container[str]):
         yield path, entry
 
 
-def _header_for(reader: _HeaderReader, path: str, entry: Entry) -> tarfile.TarInfo:
+class Names:
+    """The names written so far of files that may have several."""
+
+    def __init__(self, tree: Tree):
+        self.links = tree.links
+        self.first: dict[tuple[int, int], str] = {}
+        # The finished header of each file with hardlinks, for its aliases.
+        self.linked: dict[tuple[int, int], tarfile.TarInfo] = {}
+
+
+def member_info(
+    reader: HeaderReader, names: Names, path: str, entry: Entry
+) -> tarfile.TarInfo:
+    """The header to write for `path`, recording it in `names`.
+
+    A file already written under another name becomes a hardlink to it,
+    with the same owner, mode, mtime and xattrs, since the unpacker
+    applies a hardlink member's metadata to the file it names.
+    """
+    if entry.is_dir:
+        return _header_for(reader, path, entry)
+    first = names.first.setdefault(entry.inode, path)
+    info = names.linked.get(entry.inode)
+    if info is None:
+        info = _header_for(reader, path, entry)
+        links = names.links.get(entry.inode)
+        if links:
+            _take_link_metadata(info, [reader.at(*link) for link in links])
+            names.linked[entry.inode] = info
+    if first == path:
+        return info
+    # tobuf never changes a TarInfo, so the copy may share its records.
+    alias = copy.copy(info)
+    alias.name, alias.linkname = path, first
+    alias.type, alias.size = tarfile.LNKTYPE, 0
+    return alias
+
+
+def _header_for(reader: HeaderReader, path: str, entry: Entry) -> tarfile.TarInfo:
     if entry.layer < 0:
         # A directory no layer described (see squash._parent_dir).
         info = tarfile.TarInfo(path)
@@ -133,28 +178,58 @@ def _header_for(reader: _HeaderReader, path: str, entry: Entry) -> tarfile.TarIn
         return info
     info = reader.header(entry)
     # tarfile lets extended header records win over fields, so records that
-    # the rename or a hardlink change would contradict must go.
-    for key in ("path", "linkpath", "size"):
-        info.pax_headers.pop(key, None)
+    # the rename or a hardlink change would contradict must go; the GNU
+    # sparse ones would make readers take the plain bytes for a sparse map.
+    for key in [
+        k for k in info.pax_headers if k in DROPPED or k.startswith(SPARSE_KEYS)
+    ]:
+        del info.pax_headers[key]
     info.name = path
+    if entry.kind in (REGULAR, SPARSE):
+        # An old-style or contiguous file, or a sparse one: a plain file now.
+        info.type, info.size = tarfile.REGTYPE, entry.size
+    else:
+        # Only regular files carry bytes in the new layer.
+        info.size = 0
     return info
 
 
-def _as_hardlink(info: tarfile.TarInfo, target: str) -> tarfile.TarInfo:
-    info.type, info.linkname, info.size = tarfile.LNKTYPE, target, 0
-    return info
+def _take_link_metadata(info: tarfile.TarInfo, links: list[tarfile.TarInfo]) -> None:
+    # moby pkg/archive unpacks each hardlink member by chown, chmod and
+    # utimes on the shared inode, and sets its xattrs, so the last member
+    # naming a file decides its owner, mode and mtime; a symlink keeps its
+    # mode and mtime (chmod and utimes would follow it).
+    fields = OWNER if info.issym() else OWNER + MODE_AND_TIME
+    for link in links:
+        for field in fields:
+            setattr(info, field, getattr(link, field))
+            if field in link.pax_headers:
+                info.pax_headers[field] = link.pax_headers[field]
+            else:
+                info.pax_headers.pop(field, None)
+        info.pax_headers.update(
+            (k, v) for k, v in link.pax_headers.items() if k.startswith(XATTR)
+        )
+
+
+def header_bytes(info: tarfile.TarInfo) -> bytes:
+    """A member's header blocks, in PAX format.
+
+    A field too big for ustar (a size of 8 GiB or more, a uid over 2097151,
+    a name over 100 bytes) goes in an extended header record.
+    """
+    return info.tobuf(tarfile.PAX_FORMAT, **ENCODING)
 
 
 def _write_member(sink, reader, layers, entry, info) -> None:
-    if entry.kind == SPARSE and info.type != tarfile.LNKTYPE:
-        _write_sparse(sink, reader, entry, info)
+    sink.write(header_bytes(info))
+    if info.type != tarfile.REGTYPE:
         return
-    if info.type == tarfile.DIRTYPE or entry.kind == DIRECTORY:
-        info.size = 0
-    sink.write(info.tobuf(tarfile.PAX_FORMAT, **ENCODING))
-    if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
+    if entry.kind == SPARSE:
+        _copy_sparse(sink, reader, entry, info)
+    else:
         _copy(sink, layers[entry.layer], entry.data_offset, entry.size)
-        sink.pad()
+    sink.pad()
 
 
 def _copy(sink: _Sink, layer: Layer, offset: int, size: int) -> None:
@@ -167,15 +242,14 @@ def _copy(sink: _Sink, layer: Layer, offset: int, size: int) -> None:
         size -= len(chunk)
 
 
-def _write_sparse(sink, reader, entry, info) -> None:
+def _copy_sparse(sink, reader, entry, info) -> None:
     # LIMITATION: GNU sparse members are written out as plain files of
-    # their full length; docker's own layers never hold them.
+    # their full length. The daemon never writes them, and docker 20.10
+    # cannot `docker save` an image that holds one.
     source = reader.sparse_reader(entry, info)
-    plain = tarfile.TarInfo(info.name)
-    for field in ("mode", "uid", "gid", "uname", "gname", "mtime", "pax_headers"):
-        setattr(plain, field, getattr(info, field))
-    plain.size = info.size
-    sink.write(plain.tobuf(tarfile.PAX_FORMAT, **ENCODING))
-    while chunk := source.read(COPY_BUFFER):
+    left = entry.size
+    while chunk := source.read(min(left, COPY_BUFFER)):
         sink.write(chunk)
-    sink.pad()
+        left -= len(chunk)
+    if left:
+        raise OSError(f"a sparse member ends {left} bytes short: {info.name!r}")

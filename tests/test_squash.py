@@ -6,6 +6,9 @@ with slimmer, writes the one-layer result, and reads it back.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 import tarfile
 
 import layers as L
@@ -14,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracle import read_tree
 
-from slimmer.archive import read_archive
+from slimmer.archive import Layer, read_archive
 from slimmer.errors import ArchiveError
 from slimmer.squash import squash
-from slimmer.writer import write_layer
+from slimmer.writer import HeaderReader, Names, header_bytes, member_info, write_layer
 
 
 def slim(tmp_path, *stack, removed=(), compression="none", layout="legacy"):
@@ -232,8 +235,8 @@ def test_special_files_survive(tmp_path):
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd"])
-@pytest.mark.parametrize("layout", ["legacy", "oci"])
-def test_compressed_layers_in_both_layouts(tmp_path, compression, layout):
+@pytest.mark.parametrize("layout", ["legacy", "oci", "oci-bare", "oci-links"])
+def test_compressed_layers_in_every_layout(tmp_path, compression, layout):
     view = slim(
         tmp_path,
         [L.file("a", "1")],
@@ -266,13 +269,103 @@ def test_symlink_targets_are_kept_verbatim_never_resolved(tmp_path):
     assert view["abs"].link == "/etc/shadow" and view["rel"].link == "../../../../etc"
 
 
-def test_large_member_sizes_are_written_in_pax(tmp_path):
-    # A header claiming 9 GiB is written, not 9 GiB of bytes.
-    info = tarfile.TarInfo("big")
-    info.size = 9 << 30
-    buffer = info.tobuf(tarfile.PAX_FORMAT)
-    parsed = tarfile.TarInfo.frombuf(buffer[-512:], "utf-8", "strict")
-    assert b"size=" in buffer and parsed is not None
+def big_layer(path, fmt) -> Layer:
+    """A layer whose first member claims 9 GiB; its bytes are a hole on disk."""
+    big, after = tarfile.TarInfo("big"), tarfile.TarInfo("after")
+    big.size, after.size = 9 << 30, 5
+    with open(path, "wb") as layer:
+        layer.write(big.tobuf(fmt))
+        layer.seek(big.size, os.SEEK_CUR)
+        layer.write(after.tobuf(fmt) + L._pad(b"after") + b"\0" * 1024)
+    fd = os.open(path, os.O_RDONLY)
+    return Layer(path, 0, path.stat().st_size, "big", fd)
+
+
+@pytest.mark.parametrize(
+    "fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax", "gnu-base-256"]
+)
+def test_member_over_8_gib_is_read_and_its_header_written_in_pax(tmp_path, fmt):
+    # Only the headers are written: 9 GiB of bytes would take too long.
+    layer = big_layer(tmp_path / "big.tar", fmt)
+    try:
+        tree = squash([layer])
+        assert tree.get("after").size == 5
+        reader = HeaderReader([layer])
+        info = member_info(reader, Names(tree), "big", tree.get("big"))
+        reader.close()
+    finally:
+        os.close(layer.fd)
+    header = header_bytes(info)
+    assert b" size=9663676416\n" in header
+    with tarfile.open(fileobj=io.BytesIO(header + b"\0" * 1024)) as parsed:
+        assert (parsed.firstmember.name, parsed.firstmember.size) == ("big", 9 << 30)
+
+
+@pytest.mark.parametrize("style", ["pax", "gnu"])
+def test_sparse_member_is_written_as_the_plain_file(tmp_path, style):
+    chunks = [(0, b"head"), (5000, b"middle" * 100), (20000, b"tail")]
+    whole = bytearray(20004)
+    for offset, chunk in chunks:
+        whole[offset : offset + len(chunk)] = chunk
+    view = slim(tmp_path, [L.sparse("d/sp", 20004, chunks, style=style)])
+    assert view["d/sp"].size == 20004
+    assert view["d/sp"].sha256 == hashlib.sha256(whole).hexdigest()
+    assert not [k for k, _ in view["d/sp"].xattrs if "sparse" in k]
+    assert b"GNU.sparse" not in (tmp_path / "out.tar").read_bytes()
+
+
+@pytest.mark.parametrize("tags", [None, []], ids=["null", "empty"])
+def test_manifest_without_repo_tags(tmp_path, tags):
+    spec = L.ImageSpec([[L.file("a", "1")]], tags=tags)
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(L.save_archive(spec))
+    saved = read_archive(archive, tmp_path)
+    saved.close()
+    assert saved.repo_tags == [] and len(saved.layers) == 1
+
+
+def test_opaque_marker_at_the_image_root_is_ignored(tmp_path):
+    # overlayfs never reads the opaque xattr of a layer's root directory.
+    spec = L.ImageSpec([[L.file("a"), L.directory("d")], [L.opaque(""), L.file("b")]])
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(L.save_archive(spec))
+    saved = read_archive(archive, tmp_path)
+    try:
+        paths = [path for path, _ in squash(saved.layers).walk()]
+    finally:
+        saved.close()
+    assert paths == ["a", "b", "d"]
+
+
+def test_hardlink_member_owner_mode_and_mtime_win(tmp_path):
+    # The unpacker chowns, chmods and stamps the shared file per member.
+    view = slim(
+        tmp_path,
+        [
+            L.file("a", "x", mode=0o755, uid=5, mtime=100),
+            L.hardlink("b", "a", mode=0o600, uid=7),
+        ],
+    )
+    assert (view["a"].mode, view["a"].uid, view["a"].mtime) == (0o600, 7, L.MTIME)
+    assert view["b"] == view["a"]
+
+
+def test_hardlink_to_an_aufs_link_source_keeps_its_bytes(tmp_path):
+    view = slim(
+        tmp_path,
+        [
+            L.file(".wh..wh.plnk/7.8", "kept", mode=0o640),
+            L.hardlink("x", ".wh..wh.plnk/7.8", mode=0o640),
+            L.hardlink("y", ".wh..wh.plnk/7.8", mode=0o640),
+        ],
+    )
+    assert names(view) == ["x", "y"] and view["x"].sha256 == _sha("kept")
+    assert view["x"].links == ("x", "y")
+
+
+def test_hardlinked_symlink_stays_one_file(tmp_path):
+    view = slim(tmp_path, [L.symlink("s", "t"), L.hardlink("u", "s", mode=0o777)])
+    assert view["u"].links == ("s", "u") and view["u"].link == "t"
 
 
 def test_malformed_archive_is_a_clear_error(tmp_path):
