@@ -153,7 +153,8 @@ def write_lines_atomically(target: Path, lines) -> None:
     target = Path(target)
     handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", errors="backslashreplace") as f:
+        # Names that are not UTF-8 go out byte for byte, as the image has them.
+        with os.fdopen(handle, "w", encoding="utf-8", errors="surrogateescape") as f:
             for line in lines:
                 f.write(f"{line}\n")
         os.replace(temp, target)
