@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tarfile
 import tomllib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from slimmer import guards as guard_rules
 from slimmer.archive import SavedImage, read_archive
-from slimmer.errors import SlimmerError, ThresholdExceeded
+from slimmer.errors import ArchiveError, SlimmerError, ThresholdExceeded
 from slimmer.pipeline import work_folder
 from slimmer.profiles import available_profiles, resolve
 from slimmer.prune import select
@@ -99,23 +100,30 @@ def analyze_layers(saved: SavedImage) -> tuple[Tree, Analysis]:
 
 
 def _class_members(tree: Tree, layer, stats: LayerStats) -> None:
-    for info in members(layer):
-        path = normalize(info.name)
-        if not path:
-            continue
-        meaning = marker(path)
-        if meaning is None:
-            if info.isreg():
-                stats.file_bytes += info.size
-            if tree.get(path) is None:
-                stats.added += 1
-            else:
-                stats.changed += 1
-        elif meaning[0] == "whiteout" and tree.get(meaning[1]) is not None:
-            stats.deleted += 1
-        elif meaning[0] == "opaque":
-            directory = tree.get(meaning[1])
-            stats.deleted += len(directory.children or {}) if directory else 0
+    try:
+        for info in members(layer):
+            _class_member(tree, info, stats)
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"layer {stats.index} is not a valid tar: {exc}") from exc
+
+
+def _class_member(tree: Tree, info, stats: LayerStats) -> None:
+    path = normalize(info.name)
+    if not path:
+        return
+    meaning = marker(path)
+    if meaning is None:
+        if info.isreg():
+            stats.file_bytes += info.size
+        if tree.get(path) is None:
+            stats.added += 1
+        else:
+            stats.changed += 1
+    elif meaning[0] == "whiteout" and tree.get(meaning[1]) is not None:
+        stats.deleted += 1
+    elif meaning[0] == "opaque":
+        directory = tree.get(meaning[1])
+        stats.deleted += len(directory.children or {}) if directory else 0
 
 
 def _merged_bytes(tree: Tree) -> int:
@@ -215,6 +223,8 @@ def _gates_from(path: Path) -> Gates:
         table = tomllib.loads(path.read_text(encoding="utf-8")).get("analyze", {})
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SlimmerError(f"{path}: {exc}") from exc
+    if not isinstance(table, dict):
+        raise SlimmerError(f"{path}: [analyze] must be a table")
     unknown = set(table) - {"max_wasted", "min_efficiency", "max_size"}
     if unknown:
         raise SlimmerError(f"{path}: unknown keys in [analyze]: {sorted(unknown)}")
@@ -224,7 +234,10 @@ def _gates_from(path: Path) -> Gates:
     if "max_size" in table:
         gates.max_size = parse_size(table["max_size"])
     if "min_efficiency" in table:
-        gates.min_efficiency = float(table["min_efficiency"])
+        try:
+            gates.min_efficiency = float(table["min_efficiency"])
+        except (TypeError, ValueError) as exc:
+            raise SlimmerError(f"{path}: min_efficiency must be a number") from exc
     return gates
 
 

@@ -21,6 +21,8 @@ import os
 import posixpath
 import shutil
 import tarfile
+import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,8 +30,8 @@ from slimmer.errors import ArchiveError
 
 log = logging.getLogger(__name__)
 
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"  # RFC 1952, section 2.3.1
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # RFC 8878, section 3.1.1
 COPY_BUFFER = 1 << 20
 
 
@@ -147,7 +149,7 @@ def read_archive(path: Path, workdir: Path) -> SavedImage:
             image.layers.append(
                 _uncompressed(Layer(path, offset, size, name, fd), workdir, image)
             )
-    except (ValueError, KeyError, TypeError, OSError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
         image.close()
         raise ArchiveError(f"malformed image archive {path}: {exc}") from exc
     except BaseException:
@@ -239,16 +241,74 @@ def _uncompressed(layer: Layer, workdir: Path, image: SavedImage) -> Layer:
         opener = _zstd_reader
     else:
         return layer
-    target = workdir / f"layer-{len(image.layers)}.tar"
+    # A name of its own, so no other step's file in the work folder clashes.
+    handle, name = tempfile.mkstemp(prefix="source-layer-", suffix=".tar", dir=workdir)
+    target = Path(name)
     log.debug("decompressing %s into %s", layer.digest, target)
-    with opener(fileobj=layer.open()) as source, open(target, "wb") as sink:
-        shutil.copyfileobj(source, sink, COPY_BUFFER)
+    try:
+        with opener(fileobj=layer.open()) as source, os.fdopen(handle, "wb") as sink:
+            _copy_all(source, sink)
+    except (EOFError, zlib.error, _zstd_error()) as exc:
+        raise ValueError(
+            f"layer {layer.digest} is not a valid compressed stream: {exc}"
+        ) from exc
     fd = os.open(target, os.O_RDONLY)
     image._fds.append(fd)
     return Layer(target, 0, target.stat().st_size, layer.digest, fd)
 
 
+def _copy_all(source, sink) -> None:
+    shutil.copyfileobj(source, sink, COPY_BUFFER)
+    # A zstd stream cut short just ends (RFC 8878 frames carry no length
+    # the reader checks), so the end of the frame must be seen explicitly.
+    if getattr(source, "frame_finished", True) is False:
+        raise EOFError("the zstd stream ends inside a frame")
+
+
+class _ZstdLayer:
+    """A zstd layer read to its end; `frame_finished` says it was whole.
+
+    A layer may hold several frames one after another (RFC 8878, section
+    3.1), so a new decompressor starts on whatever follows a frame's end.
+    """
+
+    def __init__(self, fileobj):
+        import zstandard
+
+        self._source = fileobj
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._inflate = self._new()
+        self.frame_finished = True
+
+    def read(self, size=-1):
+        while chunk := self._source.read(COPY_BUFFER):
+            data = self._feed(chunk)
+            if data:
+                return data
+        return b""
+
+    def _feed(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            out.append(self._inflate.decompress(chunk))
+            self.frame_finished = self._inflate.eof
+            chunk = self._inflate.unused_data if self._inflate.eof else b""
+            if self._inflate.eof:
+                self._inflate = self._new()
+        return b"".join(out)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
 def _zstd_reader(fileobj):
+    return _ZstdLayer(fileobj)
+
+
+def _zstd_error():
     import zstandard
 
-    return zstandard.ZstdDecompressor().stream_reader(fileobj)
+    return zstandard.ZstdError

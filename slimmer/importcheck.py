@@ -54,7 +54,7 @@ for d in sys.path:
 print(json.dumps({"prefix": sys.prefix, "modules": sorted(found)}))
 '''
 ERROR = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
-def run(argv, timeout):
+def run(argv, timeout, stdout=False):
     try:
         p = subprocess.run(argv, capture_output=True, text=True, errors="replace",
                            timeout=timeout, cwd="/")
@@ -62,6 +62,8 @@ def run(argv, timeout):
         return 124, "timed out after %d s" % timeout
     except OSError as exc:
         return 127, str(exc)
+    if stdout:
+        return p.returncode, p.stdout
     lines = [l for l in (p.stderr or p.stdout).splitlines() if l.strip()]
     errors = [l for l in lines if ERROR.match(l)]
     return p.returncode, (errors or lines or [""])[-1]
@@ -72,7 +74,8 @@ for interpreter, modules in request.items():
     if not os.access(interpreter, os.X_OK):
         continue
     if modules is None:
-        rc, out = run([interpreter, "-c", LISTER], timeout)
+        # Only stdout holds the listing; a warning on stderr must not hide it.
+        rc, out = run([interpreter, "-c", LISTER], timeout, stdout=True)
         listing = json.loads(out) if rc == 0 else {"prefix": "", "modules": []}
         # A venv's python is a symlink to the system one, yet another sys.path.
         identity = (os.path.realpath(interpreter), listing["prefix"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import signal
 import threading
 import uuid
@@ -26,6 +27,13 @@ from slimmer.errors import DaemonError, SmokeBrokenOnSource, SmokeFailed
 from slimmer.importcheck import DriverFailed, ImportCheck, error_line, run_check
 
 log = logging.getLogger(__name__)
+
+# How the runtime says the command itself cannot start in the image.
+_CANNOT_EXEC = re.compile(
+    r"executable file not found|no such file or directory|OCI runtime|"
+    r"permission denied|exec format error",
+    re.IGNORECASE,
+)
 
 SHELL = ["/bin/sh", "-c"]
 # Only the end of a long output is kept: that is where errors are.
@@ -104,7 +112,11 @@ class Runner:
             self.api.start(container)
             return self._wait(container, timeout)
         except docker.errors.APIError as exc:
-            return RunResult(127, f"cannot run: {_short(exc)}")
+            # The image cannot run the command (no shell, say): the test
+            # fails as a shell would. Any other refusal is the daemon's.
+            if _CANNOT_EXEC.search(str(exc)):
+                return RunResult(127, f"cannot run: {_short(exc)}")
+            raise DaemonError(f"the daemon refused a container: {_short(exc)}") from exc
         except _UNREACHABLE as exc:
             raise DaemonError(f"cannot run a container: {_short(exc)}") from exc
         finally:

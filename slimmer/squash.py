@@ -74,6 +74,17 @@ def members(layer: Layer) -> Iterator[tarfile.TarInfo]:
             # memory does not grow with the layer.
             archive.members.clear()
             yield info
+        _check_end(layer, archive.offset)
+
+
+def _check_end(layer: Layer, offset: int) -> None:
+    # tarfile takes a bad or cut header past the first member for the end
+    # of the archive; a real end is zero blocks (POSIX ustar) or no bytes.
+    tail = layer.pread(tarfile.BLOCKSIZE, offset)
+    if tail.strip(b"\0"):
+        raise ArchiveError(
+            f"layer {layer.digest or '?'} has a bad member header at offset {offset}"
+        )
 
 
 def _apply(tree: Tree, index: int, layer: Layer) -> None:

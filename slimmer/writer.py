@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import os
 import tarfile
 from collections.abc import Callable, Container
 from dataclasses import dataclass
@@ -111,8 +110,8 @@ def write_layer(
                 progress(entry.size)
         # Two zero blocks end a tar archive (POSIX ustar).
         sink.write(b"\0" * (2 * BLOCK))
+        # No fsync: the layer is scratch, loaded and then deleted.
         sink.file.flush()
-        os.fsync(sink.file.fileno())
     finally:
         sink.file.close()
         reader.close()
@@ -153,7 +152,10 @@ def member_info(
     """
     if entry.is_dir:
         return _header_for(reader, path, entry)
-    first = names.first.setdefault(entry.inode, path)
+    # Only files with several names need their first name remembered.
+    first = path
+    if entry.inode in names.links:
+        first = names.first.setdefault(entry.inode, path)
     info = names.linked.get(entry.inode)
     if info is None:
         info = _header_for(reader, path, entry)

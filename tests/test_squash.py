@@ -535,3 +535,76 @@ def test_squash_matches_the_in_memory_model(tmp_path_factory, stack):
     assert simple == expected
     contents = {p: r.sha256 for p, r in view.items() if r.kind == "file"}
     assert contents == {p: _sha(r[2]) for p, r in model.items() if r[0] == "file"}
+
+
+# --- malformed input is a clear error, never a silently smaller tree -------
+
+
+def _archive_with_layer(tmp_path, blob: bytes, index=None):
+    import json
+
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    files = {"c.json": config, "l/layer.tar": blob}
+    if index is None:
+        manifest = [{"Config": "c.json", "RepoTags": None, "Layers": ["l/layer.tar"]}]
+        files["manifest.json"] = json.dumps(manifest).encode()
+    else:
+        files["index.json"] = index
+    path = tmp_path / "image.tar"
+    path.write_bytes(L._outer_tar(files))
+    return path
+
+
+def _squash_file(tmp_path, path):
+    saved = read_archive(path, tmp_path)
+    try:
+        return squash(saved.layers)
+    finally:
+        saved.close()
+
+
+THREE = [L.file("a", "1"), L.file("b", "2"), L.file("c", "3")]
+
+
+def test_member_header_with_a_bad_checksum_is_an_error(tmp_path):
+    tar = L.layer_tar(THREE)
+    broken = tar[:1024] + b"X" * 8 + tar[1032:]
+    with pytest.raises(ArchiveError, match="bad member header"):
+        _squash_file(tmp_path, _archive_with_layer(tmp_path, broken))
+
+
+def test_layer_cut_inside_a_header_is_an_error(tmp_path):
+    tar = L.layer_tar(THREE)
+    with pytest.raises(ArchiveError, match="bad member header"):
+        _squash_file(tmp_path, _archive_with_layer(tmp_path, tar[:1280]))
+
+
+@pytest.mark.parametrize("method", ["gzip", "zstd"])
+def test_truncated_compressed_layer_is_an_error(tmp_path, method):
+    blob = L._compress(L.layer_tar(THREE), method)[:-20]
+    with pytest.raises(ArchiveError, match="not a valid compressed stream"):
+        read_archive(_archive_with_layer(tmp_path, blob), tmp_path)
+
+
+def test_zstd_layer_of_several_frames_is_read_whole(tmp_path):
+    tar = L.layer_tar(THREE)
+    blob = L._compress(tar[:1024], "zstd") + L._compress(tar[1024:], "zstd")
+    tree = _squash_file(tmp_path, _archive_with_layer(tmp_path, blob))
+    assert sorted(tree.root.children) == ["a", "b", "c"]
+
+
+def test_index_json_that_is_not_an_object_is_an_error(tmp_path):
+    path = _archive_with_layer(tmp_path, L.layer_tar(THREE), index=b"[]")
+    with pytest.raises(ArchiveError, match="malformed"):
+        read_archive(path, tmp_path)
+
+
+def test_decompressed_layers_never_clash_with_other_work_files(tmp_path):
+    path = _archive_with_layer(tmp_path, L._compress(L.layer_tar(THREE), "gzip"))
+    (tmp_path / "layer-0.tar").write_bytes(b"someone else's file")
+    saved = read_archive(path, tmp_path)
+    try:
+        assert saved.layers[0].path.name.startswith("source-layer-")
+        assert (tmp_path / "layer-0.tar").read_bytes() == b"someone else's file"
+    finally:
+        saved.close()
