@@ -58,7 +58,6 @@ class ThresholdExceeded(SlimmerError):
     exit_code = EXIT_THRESHOLD
 
 
-class Interrupted(SlimmerError):
-    """The user pressed Ctrl-C; everything slimmer created was removed."""
-
-    exit_code = 130
+# The user pressed Ctrl-C; everything slimmer created was removed. Python
+# raises KeyboardInterrupt, which the CLI maps to this code.
+EXIT_INTERRUPTED = 130

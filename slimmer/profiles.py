@@ -28,10 +28,7 @@ from slimmer.rules import Ruleset, check_line, is_pattern
 log = logging.getLogger(__name__)
 
 BUILT_IN = "built-in"
-# The package that ships profiles/*.toml.
-# LIMITATION: pyproject.toml maps this folder to `slimmer.profiles`, the
-# name of this module; in an installed copy the package folder shadows this
-# module. The mapping must move to this name (see the report to the lead).
+# The package that ships profiles/*.toml (pyproject.toml maps the folder).
 BUILTIN_PACKAGE = "slimmer.builtin_profiles"
 PROJECT_FILE = "slimmer.toml"
 PROJECT_DIR = Path(".slimmer") / "profiles"

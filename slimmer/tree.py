@@ -25,7 +25,7 @@ class Entry:
 
     `layer` and `header_offset` locate the member's first header block
     (extended headers included) inside its layer. The names of a file with
-    hardlinks share one record (or copies made by `alias`), so two entries
+    hardlinks share one record, so two entries
     with the same `inode` are one file with several names.
     """
 
@@ -63,18 +63,6 @@ class Entry:
     @property
     def is_file(self) -> bool:
         return self.kind == REGULAR
-
-    def alias(self) -> Entry:
-        """A second name for the same file (a hardlink)."""
-        return Entry(
-            self.layer,
-            self.header_offset,
-            self.data_offset,
-            self.size,
-            self.kind,
-            self.mode,
-            self.linkname,
-        )
 
     def __repr__(self):
         return (
