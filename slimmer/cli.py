@@ -17,11 +17,24 @@ from rich.console import Console
 from rich.markup import escape
 
 from slimmer import __version__, pipeline, render
-from slimmer.errors import EXIT_ERROR, SlimmerError, SmokeBrokenOnSource, SmokeFailed
+from slimmer.cli_options import (
+    SizeType,
+    apply_options,
+    connect,
+    image_options,
+    location_options,
+    make_options,
+)
+from slimmer.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    SlimmerError,
+    SmokeBrokenOnSource,
+    SmokeFailed,
+)
 from slimmer.report import dumps
 
 log = logging.getLogger("slimmer")
-INTERRUPTED = 130
 
 
 class Context:
@@ -52,7 +65,7 @@ def handle_errors(command):
                 "[red]interrupted[/]: nothing was tagged; the work "
                 "folder and any candidate image were removed"
             )
-            sys.exit(INTERRUPTED)
+            sys.exit(EXIT_INTERRUPTED)
         except OSError as exc:
             _fail(ctx, escape(str(exc)))
         except Exception as exc:  # noqa: BLE001 - the last line of defence
@@ -129,55 +142,6 @@ def main(ctx, verbose, quiet):
     ctx.obj = Context(verbose, quiet)
 
 
-def image_options(command):
-    """Options that `plan` and `apply` share."""
-    decorators = [
-        click.argument("image"),
-        click.option(
-            "-p",
-            "--profile",
-            "profiles",
-            multiple=True,
-            metavar="NAME|PATH",
-            help="Removal profile: a built-in or project name, or a "
-            "path to a .toml file. Repeatable.",
-        ),
-        click.option(
-            "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
-        ),
-        click.option(
-            "--removed-list",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Write every removed path to this file, one a line.",
-        ),
-        click.option(
-            "--workdir",
-            type=click.Path(file_okay=False, exists=True, path_type=Path),
-            help="Where the temporary work folder goes (default: $TMPDIR).",
-        ),
-    ]
-    for decorator in reversed(decorators):
-        command = decorator(command)
-    return command
-
-
-def _options(ctx, image, profiles, removed_list, workdir, **extra):
-    return pipeline.Options(
-        ref=image,
-        profiles=list(profiles),
-        removed_list=removed_list,
-        workdir=workdir,
-        cwd=Path.cwd(),
-        **extra,
-    )
-
-
-def _daemon():
-    from slimmer.daemon import Daemon
-
-    return Daemon()
-
-
 def _emit(ctx: Context, report, as_json: bool) -> None:
     if as_json:
         click.echo(dumps(report.as_json()))
@@ -187,39 +151,7 @@ def _emit(ctx: Context, report, as_json: bool) -> None:
 
 @main.command()
 @image_options
-@click.option(
-    "-t", "--tag", metavar="NEW", help="Tag for the result. Default: REPO:TAG-slim."
-)
-@click.option(
-    "--smoke",
-    "smoke_commands",
-    multiple=True,
-    metavar="CMD",
-    help="Shell command that must succeed in the candidate as it "
-    "does in the source. Repeatable.",
-)
-@click.option(
-    "--no-smoke",
-    is_flag=True,
-    help="Run no smoke test at all, the automatic ones included.",
-)
-@click.option(
-    "--no-import-check", is_flag=True, help="Skip the automatic Python import check."
-)
-@click.option(
-    "--bisect",
-    is_flag=True,
-    help="When a smoke test or the import check fails, find the smallest set "
-    "of rules that breaks it; each probe writes, loads and tests an image.",
-)
-@click.option(
-    "--smoke-timeout",
-    type=click.FloatRange(min=1),
-    default=120,
-    show_default=True,
-    help="Seconds each smoke test may take; also each module's limit in the "
-    "import check.",
-)
+@apply_options
 @click.pass_obj
 @handle_errors
 def apply(
@@ -229,19 +161,38 @@ def apply(
     as_json,
     removed_list,
     workdir,
+    platforms,
+    insecure,
     tag,
+    to,
+    compression,
+    keep_base,
     smoke_commands,
     no_smoke,
     no_import_check,
     bisect,
     smoke_timeout,
 ):
-    """Slim IMAGE and tag the result, once its smoke tests pass.
+    """Slim IMAGE and store the result, once its smoke tests pass.
 
-    Squashes IMAGE's layers, removes what the profiles name, loads the
-    result, runs each smoke test on IMAGE and on the result, and only then
-    tags the result. IMAGE itself is never changed. With no profile, the
-    image is only squashed.
+    Squashes IMAGE's layers, removes what the profiles name, runs each
+    smoke test on IMAGE and on the result, and only then tags or writes
+    the result. IMAGE itself is never changed. With no profile, the image
+    is only squashed. A multi-platform IMAGE is slimmed per platform.
+
+    Smoke tests run on the local daemon; an IMAGE from elsewhere is loaded
+    there for them, untagged, and removed after. Platforms the daemon
+    cannot run are written untested, with a note. With no daemon at all,
+    pass --no-smoke.
+
+    \b
+    IMAGE and --to take any image location:
+      REF                        an image of the local Docker daemon
+      docker-archive:PATH        a `docker save` archive
+      oci-archive:PATH           a tar of an OCI image layout
+      oci:DIR[:TAG]              an OCI image layout folder
+      docker://HOST/REPO[:TAG]   a registry; credentials from the Docker
+                                 config file ($DOCKER_CONFIG/config.json)
 
     \b
     Examples:
@@ -250,26 +201,34 @@ def apply(
       slimmer apply app:1.2 -t app:flat        # squash only
       slimmer apply -p ./team.toml --json app:1.2 > report.json
       slimmer apply -p python-rust --bisect app:1.2   # which rule broke it?
+      slimmer apply -p python-rust --no-smoke docker://registry.example:5000/app:1.2
+      slimmer apply -p docs --to oci:out:slim docker-archive:app.tar
+      slimmer apply -p python-rust --keep-base debian:bookworm app:1.2
 
     \b
     Exit codes: 0 done, 1 error, 2 usage, 3 smoke test failed on the
     result (rolled back), 4 smoke test fails on IMAGE itself.
     """
     ctx.json = as_json
-    options = _options(
+    options = make_options(
         ctx,
         image,
         profiles,
         removed_list,
         workdir,
+        platforms=platforms,
+        insecure=insecure,
         tag=tag,
+        to=to,
+        compression=compression,
+        keep_base=keep_base,
         smoke=list(smoke_commands),
         no_smoke=no_smoke,
         import_check=not no_import_check,
         smoke_timeout=smoke_timeout,
         bisect=bisect,
     )
-    daemon = _daemon()
+    daemon = connect(pipeline.needs_daemon(options), wanted=not no_smoke)
     with ctx.progress() as progress:
         report = pipeline.apply(daemon, options, progress)
     _emit(ctx, report, as_json)
@@ -279,20 +238,30 @@ def apply(
 @image_options
 @click.pass_obj
 @handle_errors
-def plan(ctx, image, profiles, as_json, removed_list, workdir):
+def plan(ctx, image, profiles, as_json, removed_list, workdir, platforms, insecure):
     """Show what `apply` would remove from IMAGE, and why. Changes nothing.
 
     Runs apply's pipeline up to the prune step: no image is written and no
-    container is created.
+    container is created. IMAGE is any image location, as for apply; a
+    multi-platform IMAGE is planned per platform.
 
     \b
     Examples:
       slimmer plan -p python-rust semaphore:latest
       slimmer plan -p pycache --removed-list removed.txt app:1.2
+      slimmer plan -p python-rust oci:layout:1.2 --platform linux/arm64
     """
     ctx.json = as_json
-    options = _options(ctx, image, profiles, removed_list, workdir)
-    daemon = _daemon()
+    options = make_options(
+        ctx,
+        image,
+        profiles,
+        removed_list,
+        workdir,
+        platforms=platforms,
+        insecure=insecure,
+    )
+    daemon = connect(pipeline.needs_daemon(options, with_target=False), False)
     with ctx.progress() as progress:
         report = pipeline.plan(daemon, options, progress)
     _emit(ctx, report, as_json)
@@ -344,18 +313,6 @@ def profiles_show(ctx, name):
     render.profile_detail(ctx.out, profile, ruleset)
 
 
-class SizeType(click.ParamType):
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        from slimmer.analyze import parse_size
-
-        try:
-            return parse_size(value)
-        except SlimmerError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 @main.command()
 @click.argument("image")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
@@ -371,9 +328,20 @@ class SizeType(click.ParamType):
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Where the temporary work folder goes (default: $TMPDIR).",
 )
+@location_options
 @click.pass_obj
 @handle_errors
-def analyze(ctx, image, as_json, max_wasted, min_efficiency, max_size, workdir):
+def analyze(
+    ctx,
+    image,
+    as_json,
+    max_wasted,
+    min_efficiency,
+    max_size,
+    workdir,
+    platforms,
+    insecure,
+):
     """Show where IMAGE's bytes went and what each profile would win back.
 
     Per layer: its size, the command that made it, and the paths it added,
@@ -384,13 +352,15 @@ def analyze(ctx, image, as_json, max_wasted, min_efficiency, max_size, workdir):
 
     SIZE is bytes or a number with a unit: 10MB, 1.5GiB, 500kB. Gates can
     also be set in slimmer.toml, in an [analyze] table with max_wasted,
-    min_efficiency and max_size; options win.
+    min_efficiency and max_size; options win. IMAGE is any image location,
+    as for apply; one platform of a multi-platform IMAGE at a time.
 
     \b
     Examples:
       slimmer analyze semaphore:latest
       slimmer analyze --json app:1.2 > analysis.json
       slimmer analyze --max-wasted 10MB --min-efficiency 0.9 app:1.2
+      slimmer analyze --platform linux/amd64 docker://registry.example/app:1.2
     """
     from slimmer import analyze as study
 
@@ -402,9 +372,15 @@ def analyze(ctx, image, as_json, max_wasted, min_efficiency, max_size, workdir):
     ):
         if value is not None:
             setattr(gates, name, value)
-    daemon = _daemon()
+    options = pipeline.Options(
+        ref=image,
+        workdir=workdir,
+        platforms=list(platforms),
+        insecure=list(insecure),
+    )
+    daemon = connect(pipeline.needs_daemon(options, with_target=False), False)
     with ctx.progress() as progress:
-        source, analysis = study.analyze(daemon, image, Path.cwd(), workdir, progress)
+        source, analysis = pipeline.analyze(daemon, options, progress)
     document = study.as_json(image, source, analysis)
     if as_json:
         click.echo(dumps(document))

@@ -16,6 +16,7 @@ zstd uses the library's own worker threads.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import struct
@@ -53,29 +54,74 @@ def cores() -> int:
 
 
 def compress_layer(
-    source: Path, target_dir: Path, method: str = GZIP, threads: int | None = None
+    source: Path,
+    target_dir: Path,
+    method: str = GZIP,
+    threads: int | None = None,
+    part: tuple[int, int] | None = None,
+    name: str | None = None,
 ) -> Compressed:
     """Compress the tar at `source` into `target_dir`; `none` hashes it only.
 
+    `part` is (offset, size) when the tar is a byte range of `source` (a
+    layer inside a saved archive); `name` then names the blob file.
     `threads` defaults to every core this process may use.
     """
     if method not in METHODS:
         raise ValueError(f"unknown compression {method!r}; use one of {METHODS}")
     threads = threads or cores()
-    if method == NONE:
+    if method == NONE and part is None:
         return _hash_only(source)
-    target = target_dir / (source.name + SUFFIXES[method])
+    target = target_dir / ((name or source.name) + SUFFIXES.get(method, ""))
     hasher, size = hashlib.sha256(), 0
-    chunks = _gzip(source, threads) if method == GZIP else _zstd(source, threads)
-    with open(target, "wb") as sink:
-        for piece in chunks:
-            hasher.update(piece)
-            sink.write(piece)
-            size += len(piece)
+    length = part[1] if part else source.stat().st_size
+    with _open(source, part) as stream:
+        if method == NONE:
+            chunks = iter(lambda: stream.read(COPY_BUFFER), b"")
+        elif method == GZIP:
+            chunks = _gzip(stream, threads)
+        else:
+            chunks = _zstd(stream, threads, length)
+        with open(target, "wb") as sink:
+            for piece in chunks:
+                hasher.update(piece)
+                sink.write(piece)
+                size += len(piece)
     log.debug(
         "compressed %s with %s on %d threads: %d bytes", source, method, threads, size
     )
     return Compressed(target, f"sha256:{hasher.hexdigest()}", size)
+
+
+def _open(source: Path, part: tuple[int, int] | None):
+    """A readable stream over the whole file, or over `part` of it."""
+    if part is None:
+        return open(source, "rb")  # noqa: SIM115 - the caller closes it
+    stream = open(source, "rb")  # noqa: SIM115 - closed with the slice
+    offset, size = part
+    return _Range(stream, offset, size)
+
+
+class _Range(io.RawIOBase):
+    """`size` bytes of an open file from `offset`; closing closes the file."""
+
+    def __init__(self, stream, offset: int, size: int):
+        super().__init__()
+        self._stream, self._left = stream, size
+        stream.seek(offset)
+
+    def readable(self):
+        return True
+
+    def read(self, n=-1):
+        n = self._left if n is None or n < 0 else min(n, self._left)
+        data = self._stream.read(n) if n > 0 else b""
+        self._left -= len(data)
+        return data
+
+    def close(self):
+        self._stream.close()
+        super().close()
 
 
 def _hash_only(source: Path) -> Compressed:
@@ -86,12 +132,12 @@ def _hash_only(source: Path) -> Compressed:
     return Compressed(source, f"sha256:{hasher.hexdigest()}", source.stat().st_size)
 
 
-def _gzip(source: Path, threads: int) -> Iterator[bytes]:
+def _gzip(stream, threads: int) -> Iterator[bytes]:
     """A gzip member (RFC 1952) around one deflate stream built in parallel."""
     # RFC 1952: no name, mtime 0, XFL 4 ("fastest"), OS 255 ("unknown").
     yield b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
     crc, length = 0, 0
-    with open(source, "rb") as stream, ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(threads) as pool:
         pending, previous = [], b""
         while chunk := stream.read(CHUNK):
             crc, length = zlib.crc32(chunk, crc), length + len(chunk)
@@ -116,12 +162,10 @@ def _deflate(chunk: bytes, history: bytes, last: bool) -> bytes:
     return body + engine.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
 
-def _zstd(source: Path, threads: int) -> Iterator[bytes]:
+def _zstd(stream, threads: int, size: int) -> Iterator[bytes]:
     import zstandard
 
     # zstd's multi-threaded mode gives the same frame for any worker count
     # (1 included), unlike its single-threaded mode (threads=0).
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=max(1, threads))
-    with open(source, "rb") as stream:
-        reader = compressor.read_to_iter(stream, size=source.stat().st_size)
-        yield from reader
+    yield from compressor.read_to_iter(stream, size=size)

@@ -236,8 +236,10 @@ def _read_range(path: Path, offset: int, size: int) -> bytes:
 class Source:
     """An image location opened for reading; use it as a context manager."""
 
-    def __init__(self, location: Location, workdir: Path, insecure=()):
+    def __init__(self, location: Location, workdir: Path, insecure=(), on_blob=None):
+        """`on_blob(size)` is called as each layer blob becomes local."""
         self.location, self.workdir = location, workdir
+        self.on_blob = on_blob
         if location.kind == OCI:
             self.store = _LayoutFolder(location.path)
         elif location.kind == REGISTRY:
@@ -254,16 +256,23 @@ class Source:
     def __exit__(self, *exc) -> None:
         self.store.close()
 
-    def read_json(self, descriptor: dict) -> dict:
-        """A manifest, index or config, checked against its digest."""
+    def raw(self, descriptor: dict) -> bytes:
+        """A small blob's bytes (a manifest, index or config), digest checked."""
         data = _read_range(*self.store.where(descriptor))
         digest = descriptor["digest"]
         if digest.startswith("sha256:") and digest_of(data) != digest:
             raise ArchiveError(f"{self.store.name}: blob {digest} fails its digest")
+        return data
+
+    def read_json(self, descriptor: dict) -> dict:
+        """A manifest, index or config, checked against its digest."""
         try:
-            return json.loads(data)
+            document = json.loads(self.raw(descriptor))
         except ValueError as exc:
             raise ArchiveError(f"bad JSON blob in {self.store.name}: {exc}") from exc
+        if not isinstance(document, dict):
+            raise ArchiveError(f"bad JSON blob in {self.store.name}: not an object")
+        return document
 
     def platforms(self) -> list[tuple[dict, dict]]:
         """(platform, manifest descriptor) for each image the location names."""
@@ -277,7 +286,7 @@ class Source:
         return found
 
     def _chosen(self) -> list[dict]:
-        entries = self.store.index().get("manifests") or []
+        entries = _checked_index(self.store)
         tag = self.location.tag if self.location.kind == OCI else None
         if tag is not None:
             entries = [e for e in entries if ref_name_of(e) == tag]
@@ -301,7 +310,7 @@ class Source:
         found = []
         for descriptor in descriptors:
             if descriptor.get("mediaType") in INDEX_TYPES:
-                children = self.read_json(descriptor).get("manifests") or []
+                children = _descriptors(self.read_json(descriptor), self.store.name)
                 found += self._expand(children, depth + 1)
             elif not _is_attestation(descriptor):
                 found.append(descriptor)
@@ -310,16 +319,23 @@ class Source:
     def image(self, descriptor: dict, platform: dict | None = None) -> SourceImage:
         """Read one manifest's image; layers land uncompressed in a subfolder."""
         manifest = self.read_json(descriptor)
+        if not isinstance(manifest.get("config"), dict):
+            raise ArchiveError(f"malformed image manifest in {self.store.name}")
         config = self.read_json(manifest["config"])
+        layers = _descriptors(manifest, self.store.name, "layers")
+        if not isinstance((config.get("rootfs") or {}).get("diff_ids"), list):
+            raise ArchiveError(f"image config in {self.store.name} has no diff_ids")
         folder = Path(tempfile.mkdtemp(prefix="image-", dir=self.workdir))
         tags = [str(self.location)] if self.location.kind in (OCI, REGISTRY) else []
         saved = archive.SavedImage(config, manifest["config"]["digest"], [], tags)
         blobs = []
         try:
-            for layer in manifest.get("layers") or []:
+            for layer in layers:
                 blob, piece = self._layer(layer, folder, saved)
                 blobs.append(blob)
                 saved.layers.append(piece)
+                if self.on_blob:
+                    self.on_blob(blob.size)
         except BaseException:
             saved.close()
             raise
@@ -350,6 +366,28 @@ class Source:
             saved._fds.remove(fd)
             os.close(fd)
         return blob, plain
+
+
+def _checked_index(store) -> list[dict]:
+    """The top index's entries, refused unless shaped as the spec says."""
+    try:
+        document = store.index()
+    except ValueError as exc:
+        raise ArchiveError(f"malformed index.json in {store.name}: {exc}") from exc
+    return _descriptors(document, store.name)
+
+
+def _descriptors(document, name: str, key: str = "manifests") -> list[dict]:
+    # OCI image spec, "Image Index" and "Image Manifest": a list of
+    # descriptors, each with at least a digest and a size.
+    entries = document.get(key) if isinstance(document, dict) else None
+    entries = [] if entries is None and key == "layers" else entries
+    good = isinstance(entries, list) and all(
+        isinstance(e, dict) and isinstance(e.get("digest"), str) for e in entries
+    )
+    if not good:
+        raise ArchiveError(f"malformed {key} list in {name}: not a list of descriptors")
+    return entries
 
 
 def _platform_of(config: dict) -> dict:

@@ -1,11 +1,17 @@
-"""The pipeline: save, squash, prune, write, load, smoke test, tag.
+"""The pipeline: read, squash, prune, write, smoke test, then tag or store.
 
-`prepare` runs the steps `plan` and `apply` share, up to the prune step,
-so the two cannot disagree. `apply` then runs the smoke tests on the
-source, writes, loads and tests the candidate, and tags it only when every
-test passed. Whatever goes wrong, Ctrl-C included, the source image is
-untouched, the work folder is removed, a candidate that is not tagged is
-removed too, and the target tag keeps what it pointed to.
+`prepare` (prepared.py) runs the steps `plan` and `apply` share, up to
+the prune step, so the two cannot disagree. `apply` (delivery.py, per
+platform) then runs the smoke tests on the source, writes the candidate,
+loads and tests it, and only then tags it (a daemon destination) or
+writes it to its location. Whatever goes wrong, Ctrl-C included, the
+source image is untouched, the work folder is removed, a candidate that
+is not tagged is removed too, and the target keeps what it pointed to.
+
+Any image location is a source (sources.py) and a destination
+(destinations.py). An index is slimmed per platform. The smoke tests need
+a daemon: a source that is not on it is loaded there, untagged, for the
+tests, and removed afterwards unless it was there before.
 """
 
 from __future__ import annotations
@@ -18,19 +24,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slimmer import assemble, bisect, guards, importcheck, links, packages, smoke
-from slimmer.archive import SavedImage, read_archive
-from slimmer.daemon import Daemon, ImageInfo, split_ref
-from slimmer.errors import SlimmerError, SmokeFailed
+from slimmer import delivery, keepbase, sources
+from slimmer.daemon import split_ref
+from slimmer.errors import DaemonError, SlimmerError
+from slimmer.locations import (
+    DAEMON,
+    DOCKER_ARCHIVE,
+    Location,
+    LocationError,
+    default_destination,
+    parse_location,
+)
+from slimmer.ocilayout import matches
+from slimmer.prepared import Listing, Prepared, prepare  # noqa: F401 - re-exported
 from slimmer.profiles import resolve
-from slimmer.prune import select
-from slimmer.report import Report, tally, write_lines_atomically
-from slimmer.rules import Ruleset
-from slimmer.squash import squash
-from slimmer.tree import Tree
-from slimmer.writer import WrittenLayer, write_layer
+from slimmer.report import Report
 
 log = logging.getLogger(__name__)
+
+NO_DAEMON = (
+    "smoke tests need a Docker daemon and none answers (DOCKER_HOST or "
+    "/var/run/docker.sock); pass --no-smoke to write the result untested"
+)
 
 
 class Progress:
@@ -51,9 +66,9 @@ class Progress:
 
 @dataclass
 class Options:
-    ref: str
+    ref: str  # the source: an image ref or any image location
     profiles: list[str] = field(default_factory=list)
-    tag: str | None = None
+    tag: str | None = None  # a daemon tag for the result (-t)
     smoke: list[str] = field(default_factory=list)
     no_smoke: bool = False
     import_check: bool = True
@@ -62,18 +77,17 @@ class Options:
     removed_list: Path | None = None
     cwd: Path = field(default_factory=Path.cwd)
     workdir: Path | None = None  # parent of the work folder
+    to: str | None = None  # the destination location (--to)
+    insecure: list[str] = field(default_factory=list)  # --insecure-registry
+    platforms: list[str] = field(default_factory=list)  # --platform
+    compression: str | None = None  # registry and OCI outputs; gzip if None
+    keep_base: str | None = None  # --keep-base REF|N
 
 
-@dataclass
-class Prepared:
-    """What the shared steps produce."""
-
-    source: ImageInfo
-    saved: SavedImage
-    tree: Tree
-    ruleset: Ruleset
-    removed: dict  # path -> rule, guards already restored
-    report: Report
+@dataclass(frozen=True)
+class Route:
+    source: Location
+    target: Location | None = None  # None for plan and analyze
 
 
 @contextlib.contextmanager
@@ -92,241 +106,172 @@ def default_tag(ref: str) -> str:
     return f"{repository}:{tag}-slim"
 
 
-def prepare(
-    daemon: Daemon, options: Options, workdir: Path, progress: Progress, command: str
-) -> Prepared:
-    """Resolve profiles, save and squash the source, and prune the tree."""
-    ruleset = resolve(options.profiles, options.cwd)
-    source = daemon.inspect(options.ref)
-
-    progress.step("save", source.size)
-    archive = workdir / "source.tar"
-    daemon.save(source.id, archive, progress.advance)
-    saved = read_archive(archive, workdir)
-    try:
-        return _prune(source, saved, ruleset, options, progress, command)
-    except BaseException:
-        saved.close()
-        raise
-
-
-def _prune(source, saved, ruleset, options, progress, command) -> Prepared:
-    progress.step("squash", len(saved.layers))
-    tree = squash(saved.layers)
-
-    progress.step("prune")
-    removed = dict(select(tree, ruleset).removed)
-    kept = guards.find_guards(tree, saved, saved.config, removed)
-    for guard in kept:
-        _restore(removed, guard.path)
-
-    report = Report(
-        command=command,
-        source={"ref": options.ref, "id": source.id, "size": source.size},
-        profiles=[profile.name for profile in ruleset.profiles],
-        tally=tally(tree, removed, list(ruleset.rules)),
-        guarded=[_guard_json(guard) for guard in kept],
-        dangling=links.dangling(tree, removed),
-        packages=packages.lost_files(tree, saved, removed),
-        breaks=[{"profile": p, "breaks": text} for p, text in ruleset.breaks],
-    )
-    report.unmatched = [
-        {"profile": count.profile, "pattern": count.pattern}
-        for count in report.tally.rules
-        if count.files == 0 and not count.pattern.startswith("!")
-    ]
-    return Prepared(source, saved, tree, ruleset, removed, report)
+def route(options: Options, with_target: bool = True) -> Route:
+    """The source and destination locations. Raises LocationError."""
+    source = parse_location(options.ref)
+    if not with_target:
+        return Route(source)
+    if options.tag and options.to:
+        raise LocationError("give --to or -t/--tag, not both")
+    if options.tag:
+        target = parse_location(options.tag)
+        if target.kind != DAEMON:
+            raise LocationError("-t/--tag names a daemon tag; use --to for others")
+    elif options.to:
+        target = parse_location(options.to)
+    else:
+        target = default_destination(source)
+    if target.kind != DAEMON and str(target) == str(source):
+        raise LocationError(f"--to {target} is the source itself")
+    return Route(source, target)
 
 
-def _restore(removed: dict, path: str) -> None:
-    # A guarded file stays, and so must every directory above it.
-    parts = path.split("/")
-    for depth in range(1, len(parts) + 1):
-        removed.pop("/".join(parts[:depth]), None)
+def needs_daemon(options: Options, with_target: bool = True) -> bool:
+    """Whether the source, the destination or the base is on the daemon."""
+    where = route(options, with_target)
+    kinds = {where.source.kind, where.target.kind if where.target else None}
+    if options.keep_base and not options.keep_base.isdigit():
+        kinds.add(keepbase.base_location(options.keep_base, where.source).kind)
+    return DAEMON in kinds
 
 
-def _guard_json(guard) -> dict:
-    rule = guard.rule
-    return {
-        "path": "/" + guard.path,
-        "needed_by": guard.needed_by,
-        "rule": {"profile": rule.profile, "pattern": rule.pattern},
-    }
+# -- the steps plan and apply share ------------------------------------------
 
 
-def _write_removed_list(options: Options, prepared: Prepared) -> None:
-    if options.removed_list:
-        lines = ("/" + path for path in prepared.removed)
-        write_lines_atomically(options.removed_list, lines)
+def _choose(opened, options, where: Route, daemon, one=False) -> list:
+    """The images to slim: every platform, or those of --platform.
+
+    A daemon destination takes the daemon's own platform from an index
+    unless --platform names one; `one` (or a destination that holds one
+    image) refuses a choice of several.
+    """
+    choices = sources.select(opened.choices(), options.platforms, where.source)
+    target = where.target.kind if where.target else None
+    if len(choices) > 1 and target == DAEMON and not options.platforms:
+        native = sources.daemon_platform(daemon)
+        choices = [c for c in choices if matches(c.platform, native)] or choices
+    if len(choices) > 1 and (one or target in (DAEMON, DOCKER_ARCHIVE)):
+        held = ", ".join(choice.text() for choice in choices)
+        what = str(where.target) if where.target else "this command"
+        raise SlimmerError(
+            f"{where.source} holds {held}; {what} takes one: pick it with --platform"
+        )
+    return choices
 
 
-def plan(daemon: Daemon, options: Options, progress: Progress | None = None) -> Report:
-    """What `apply` would remove. Writes no image and runs no container."""
+def plan(daemon, options: Options, progress: Progress | None = None) -> Report:
+    """What `apply` would remove. Writes no image and runs no container.
+
+    An index is planned per platform; the report is the first platform's,
+    with a note giving the others' totals.
+    """
     progress = progress or Progress()
-    with work_folder(options.workdir) as workdir:
-        prepared = prepare(daemon, options, workdir, progress, "plan")
+    where = Route(parse_location(options.ref), None)
+    ruleset = resolve(options.profiles, options.cwd)
+    listing, reports = Listing(options.removed_list), []
+    with (
+        work_folder(options.workdir) as workdir,
+        sources.Opened(
+            where.source, workdir, daemon, options.insecure, progress
+        ) as opened,
+    ):
+        for choice in sources.select(opened.choices(), options.platforms, where.source):
+            prepared = prepare(opened, choice, ruleset, options, progress, "plan")
+            try:
+                listing.add(prepared)
+                reports.append(prepared.report)
+            finally:
+                prepared.image.close()
+    return _combined(reports, [None] * len(reports))
+
+
+def analyze(daemon, options: Options, progress: Progress | None = None):
+    """Read and study the one image `options.ref` names.
+
+    Returns (ImageInfo, analyze.Analysis); an index needs --platform.
+    """
+    from slimmer import analyze as study  # analyze.py imports this module
+
+    progress = progress or Progress()
+    where = Route(parse_location(options.ref), None)
+    with (
+        work_folder(options.workdir) as workdir,
+        sources.Opened(
+            where.source, workdir, daemon, options.insecure, progress
+        ) as opened,
+    ):
+        (choice,) = _choose(opened, options, where, daemon, one=True)
+        image = opened.read(choice)
         try:
-            _write_removed_list(options, prepared)
+            if choice.platform is None:
+                sources.check_platform(image, options.platforms, where.source)
+            progress.step("analyze", len(image.saved.layers))
+            tree, analysis = study.analyze_layers(image.saved)
+            progress.step("price profiles")
+            analysis.profiles = study.price_profiles(tree, image.saved, options.cwd)
         finally:
-            prepared.saved.close()
-        return prepared.report
+            image.close()
+    return image.info, analysis
 
 
-def apply(daemon: Daemon, options: Options, progress: Progress | None = None) -> Report:
-    """Slim the image; tag the candidate only when its smoke tests pass.
+# -- apply -------------------------------------------------------------------
 
+
+def apply(daemon, options: Options, progress: Progress | None = None) -> Report:
+    """Slim the image; tag or store the candidate only when its tests pass.
+
+    `daemon` may be None when neither the source nor the destination is
+    on the daemon; then smoke tests are refused unless `options.no_smoke`.
     Raises SmokeBrokenOnSource (nothing written) or SmokeFailed (rolled
     back; with `options.bisect` its `bisect` names the culprit rules), and
     KeyboardInterrupt after the same rollback.
     """
     progress = progress or Progress()
-    target = options.tag or default_tag(options.ref)
-    with work_folder(options.workdir) as workdir:
-        prepared = prepare(daemon, options, workdir, progress, "apply")
-        try:
-            return _build_and_test(daemon, options, prepared, workdir, target, progress)
-        except SlimmerError as exc:
-            exc.report = prepared.report
-            raise
-        finally:
-            prepared.saved.close()
+    where = route(options)
+    if daemon is None and DAEMON in (where.source.kind, where.target.kind):
+        raise DaemonError("cannot reach the Docker daemon")
+    if daemon is None and not options.no_smoke:
+        raise SlimmerError(NO_DAEMON)
+    ruleset = resolve(options.profiles, options.cwd)
+    with (
+        work_folder(options.workdir) as workdir,
+        sources.Opened(
+            where.source, workdir, daemon, options.insecure, progress
+        ) as opened,
+    ):
+        context = delivery.Context(daemon, options, where, workdir, progress)
+        choices = _choose(opened, options, where, daemon)
+        delivery.refuse_untestable(context, choices)
+        runs = [
+            delivery.apply_one(context, opened, choice, ruleset, index)
+            for index, choice in enumerate(choices)
+        ]
+        digest = delivery.store(context, runs)
+    return _combined([r.report for r in runs], [r.result for r in runs], digest)
 
 
-def _build_and_test(daemon, options, prepared, workdir, target, progress) -> Report:
-    report = prepared.report
-    runner = smoke.Runner(daemon, options.smoke_timeout)
-    suite = _baseline(runner, options, prepared, progress)
-    # The tests pass on the source: only now is anything written.
-    _write_removed_list(options, prepared)
-
-    candidate = _write(daemon, prepared, prepared.removed, workdir, progress)
-    try:
-        _load(daemon, candidate, progress)
-        try:
-            suite.check(candidate.id, progress.step)
-        finally:
-            report.smoke, report.imports = suite.smoke_json(), suite.imports_json()
-        result = daemon.inspect(candidate.id)
-        _commit(daemon, candidate.id, target)
-    except BaseException as exc:
-        _discard(daemon, candidate)
-        if isinstance(exc, SmokeFailed) and options.bisect:
-            exc.bisect = report.bisect = _bisect(
-                daemon, prepared, suite.failing(), workdir, progress
+def _combined(reports: list[Report], results: list, digest: str | None = None):
+    """The first platform's report, with every platform's result in it."""
+    first = reports[0]
+    if results[0] is not None:
+        first.result = dict(results[0])
+        if digest:
+            first.result["digest"] = digest
+    if len(reports) > 1:
+        names = [r.source.get("platform", "?") for r in reports]
+        first.notes.append(
+            f"{len(reports)} platforms: {', '.join(names)}; the tables are for "
+            f"{names[0]} (--json lists each platform's result)"
+        )
+        if first.result is not None:
+            first.result["platforms"] = [
+                dict(result, removed=r.tally.bytes)
+                for r, result in zip(reports, results, strict=True)
+            ]
+        for other in reports[1:]:
+            name = other.source.get("platform")
+            first.notes.append(
+                f"{name}: removes {other.tally.files} files, {other.tally.bytes} bytes"
             )
-        raise
-    report.result = {"tag": target, "id": result.id, "size": result.size}
-    return report
-
-
-def _baseline(runner, options, prepared, progress) -> smoke.Suite:
-    """Run every smoke test on the source; raises SmokeBrokenOnSource."""
-    notes = prepared.report.notes
-    if options.no_smoke:
-        notes.append("smoke tests were turned off (--no-smoke)")
-        return smoke.Suite(runner)
-    commands = list(prepared.ruleset.smoke) + list(options.smoke)
-    pythons = []
-    if options.import_check:
-        pythons = importcheck.interpreters(prepared.tree, prepared.saved.config)
-    return smoke.baseline(
-        runner, prepared.source.id, commands, pythons, notes, progress.step
-    )
-
-
-@dataclass
-class Candidate:
-    """An image written to the work folder, about to be loaded."""
-
-    id: str
-    existed: bool  # the daemon had this image before: never remove it
-    config: bytes
-    layer: WrittenLayer
-
-
-def _write(daemon, prepared, removed, workdir, progress) -> Candidate:
-    progress.step("write", sum(e.size for _, e in prepared.tree.walk() if e.is_file))
-    layer = write_layer(
-        prepared.tree,
-        prepared.saved.layers,
-        removed,
-        workdir / "layer.tar",
-        progress.advance,
-    )
-    config = assemble.new_config(
-        prepared.saved.config, layer.diff_id, _summary(prepared)
-    )
-    blob = assemble.config_bytes(config)
-    image = assemble.image_id(blob)
-    return Candidate(image, daemon.exists(image), blob, layer)
-
-
-def _load(daemon: Daemon, candidate: Candidate, progress: Progress) -> None:
-    progress.step("load", candidate.layer.size)
-    held = smoke.DeferredInterrupt()
-    layer = candidate.layer
-    stream = assemble.stream_archive(candidate.config, layer.path, layer.diff_id)
-    try:
-        daemon.load(_sent(stream, progress, held))
-    except BaseException:
-        held.release(reraise=False)
-        raise
-    held.release()
-    layer.path.unlink()
-
-
-def _sent(chunks, progress: Progress, held: smoke.DeferredInterrupt):
-    for chunk in chunks:
-        yield chunk
-        progress.advance(len(chunk))
-    # Every byte is with the daemon, which finishes the load even if we go:
-    # hold Ctrl-C until it answers, so that the image it makes is removed.
-    held.hold()
-
-
-def _commit(daemon: Daemon, image: str, target: str) -> None:
-    held = smoke.DeferredInterrupt()
-    held.hold()
-    try:
-        daemon.tag(image, target)
-    finally:
-        # Once tagged, the run is done: a Ctrl-C now must not undo it.
-        held.release(reraise=False)
-
-
-def _discard(daemon: Daemon, candidate: Candidate) -> None:
-    with smoke.DeferredInterrupt():
-        if not candidate.existed:
-            daemon.remove_image(candidate.id)
-
-
-def _bisect(daemon, prepared, failing, workdir, progress) -> dict | None:
-    """Probe subsets of the rules for the smallest one that still breaks."""
-    rules = bisect.relevant_rules(prepared.ruleset.rules, prepared.removed)
-    if not rules:
-        prepared.report.notes.append("bisect: no rule removed anything")
-        return bisect.as_json(bisect.Bisection([], 0))
-
-    def breaks(subset: list) -> bool:
-        chosen = set(subset)
-        progress.step(f"bisect: probe {len(chosen)} of {len(rules)} rules")
-        removed = {p: r for p, r in prepared.removed.items() if r in chosen}
-        probe = _write(daemon, prepared, removed, workdir, progress)
-        try:
-            _load(daemon, probe, progress)
-            return failing.breaks(probe.id)
-        finally:
-            _discard(daemon, probe)
-
-    try:
-        found = bisect.ddmin(rules, breaks)
-    except SlimmerError as exc:
-        prepared.report.notes.append(f"bisect stopped: {exc}")
-        return None
-    log.info("bisect: %d probes", found.probes)
-    return bisect.as_json(found)
-
-
-def _summary(prepared: Prepared) -> str:
-    names = ", ".join(prepared.report.profiles) or "none (squash only)"
-    return f"squashed; profiles: {names}"
+            first.notes += [f"{name}: {note}" for note in other.notes]
+    return first

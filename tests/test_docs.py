@@ -8,8 +8,8 @@ import sys
 
 import click
 import pytest
-
 from conftest import ROOT
+
 from slimmer.cli import main
 from slimmer.errors import SlimmerError
 
@@ -55,6 +55,10 @@ def test_readme_test_command_is_the_one_ci_runs():
 
 @pytest.mark.parametrize("tool", [["check"], ["format", "--check"]])
 def test_code_is_ruff_clean(tool):
-    done = subprocess.run([sys.executable, "-m", "ruff", *tool, "slimmer", "tests",
-                           "bench"], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", *tool, "slimmer", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
