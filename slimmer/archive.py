@@ -135,7 +135,7 @@ def read_archive(path: Path, workdir: Path) -> SavedImage:
     Raises ArchiveError when the archive or its manifest is malformed.
     """
     try:
-        members = _index_members(path)
+        members = index_members(path)
         fd = os.open(path, os.O_RDONLY)
     except (OSError, tarfile.TarError) as exc:
         raise ArchiveError(f"cannot read image archive {path}: {exc}") from exc
@@ -147,7 +147,7 @@ def read_archive(path: Path, workdir: Path) -> SavedImage:
         for name in layer_names:
             offset, size = _member(members, name)
             image.layers.append(
-                _uncompressed(Layer(path, offset, size, name, fd), workdir, image)
+                uncompressed(Layer(path, offset, size, name, fd), workdir, image)
             )
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
         image.close()
@@ -158,7 +158,7 @@ def read_archive(path: Path, workdir: Path) -> SavedImage:
     return image
 
 
-def _index_members(path: Path) -> dict[str, tuple[int, int]]:
+def index_members(path: Path) -> dict[str, tuple[int, int]]:
     """Map each member name of the outer archive to (data offset, size).
 
     A link member maps to what its target holds: a save layout may keep
@@ -206,7 +206,7 @@ def _find_manifest(fd, members) -> tuple[str, list[str], list[str]]:
     raise ValueError("neither manifest.json nor index.json is present")
 
 
-def _blob(digest: str) -> str:
+def blob_path(digest: str) -> str:
     algorithm, _, hexdigest = digest.partition(":")
     if not hexdigest or "/" in hexdigest or "/" in algorithm:
         raise ValueError(f"bad digest {digest!r}")
@@ -224,15 +224,15 @@ def _follow_oci_index(fd, members) -> tuple[str, list[str], list[str]]:
         if len(manifests) > 1:
             raise ValueError("the archive holds several images; name one")
         descriptor = manifests[0]
-        document = json.loads(_read_member(fd, members, _blob(descriptor["digest"])))
+        document = json.loads(_read_member(fd, members, blob_path(descriptor["digest"])))
         if "config" in document:
             tags = descriptor.get("annotations", {}).get("io.containerd.image.name")
-            layers = [_blob(layer["digest"]) for layer in document["layers"]]
-            return _blob(document["config"]["digest"]), layers, [tags] if tags else []
+            layers = [blob_path(layer["digest"]) for layer in document["layers"]]
+            return blob_path(document["config"]["digest"]), layers, [tags] if tags else []
     raise ValueError("index.json nests too deep")
 
 
-def _uncompressed(layer: Layer, workdir: Path, image: SavedImage) -> Layer:
+def uncompressed(layer: Layer, workdir: Path, image: SavedImage) -> Layer:
     """The layer itself if it is a plain tar, else a decompressed copy."""
     magic = layer.pread(4, 0)
     if magic.startswith(GZIP_MAGIC):

@@ -158,7 +158,7 @@ class _LayoutTar:
     def __init__(self, path: Path, kind: str):
         self.path, self.name = path, f"{kind}:{path}"
         try:
-            self.members = archive._index_members(path)
+            self.members = archive.index_members(path)
         except (OSError, tarfile.TarError) as exc:
             raise ArchiveError(f"cannot read {self.name}: {exc}") from exc
         if "index.json" not in self.members:
@@ -221,7 +221,7 @@ def digest_of(data: bytes) -> str:
 
 def blob_name(digest: str) -> str:
     # OCI image layout: blobs/<alg>/<encoded>; archive.py checks the digest.
-    return archive._blob(digest)
+    return archive.blob_path(digest)
 
 
 def _read_range(path: Path, offset: int, size: int) -> bytes:
@@ -359,7 +359,7 @@ class Source:
         saved._fds.append(fd)
         piece = archive.Layer(path, offset, size, blob.digest, fd)
         try:
-            plain = archive._uncompressed(piece, folder, saved)
+            plain = archive.uncompressed(piece, folder, saved)
         except (OSError, EOFError, ValueError) as exc:
             raise ArchiveError(f"cannot decompress layer {blob.digest}: {exc}") from exc
         if plain is not piece:  # the compressed blob is not read again
