@@ -21,12 +21,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slimmer import guards as guard_rules
-from slimmer.archive import SavedImage, read_archive
+from slimmer.archive import SavedImage
 from slimmer.errors import ArchiveError, SlimmerError, ThresholdExceeded
-from slimmer.pipeline import work_folder
 from slimmer.profiles import available_profiles, resolve
-from slimmer.prune import select
+from slimmer.prune import guarded
 from slimmer.report import SCHEMA_VERSION, tally
 from slimmer.squash import apply_layer, marker, members, normalize
 from slimmer.tree import REGULAR, Tree
@@ -158,18 +156,10 @@ def price_profiles(tree: Tree, saved: SavedImage, cwd: Path) -> list[dict]:
     priced = []
     for name in sorted(available_profiles(cwd)):
         ruleset = resolve([name], cwd)
-        removed = dict(select(tree, ruleset).removed)
-        for guard in guard_rules.find_guards(tree, saved, saved.config, removed):
-            _restore(removed, guard.path)
+        removed, _ = guarded(tree, ruleset, saved, saved.config)
         counted = tally(tree, removed, list(ruleset.rules))
         priced.append({"name": name, "files": counted.files, "bytes": counted.bytes})
     return priced
-
-
-def _restore(removed: dict, path: str) -> None:
-    parts = path.split("/")
-    for depth in range(1, len(parts) + 1):
-        removed.pop("/".join(parts[:depth]), None)
 
 
 @dataclass
@@ -239,24 +229,6 @@ def _gates_from(path: Path) -> Gates:
         except (TypeError, ValueError) as exc:
             raise SlimmerError(f"{path}: min_efficiency must be a number") from exc
     return gates
-
-
-def analyze(daemon, ref: str, cwd: Path, workdir: Path | None, progress):
-    """Save and study the image `ref`; returns (ImageInfo, Analysis)."""
-    source = daemon.inspect(ref)
-    with work_folder(workdir) as folder:
-        progress.step("save", source.size)
-        archive = folder / "source.tar"
-        daemon.save(source.id, archive, progress.advance)
-        saved = read_archive(archive, folder)
-        try:
-            progress.step("analyze", len(saved.layers))
-            tree, analysis = analyze_layers(saved)
-            progress.step("price profiles")
-            analysis.profiles = price_profiles(tree, saved, cwd)
-        finally:
-            saved.close()
-    return source, analysis
 
 
 def as_json(ref: str, source, analysis: Analysis) -> dict:

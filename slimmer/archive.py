@@ -224,11 +224,17 @@ def _follow_oci_index(fd, members) -> tuple[str, list[str], list[str]]:
         if len(manifests) > 1:
             raise ValueError("the archive holds several images; name one")
         descriptor = manifests[0]
-        document = json.loads(_read_member(fd, members, blob_path(descriptor["digest"])))
+        document = json.loads(
+            _read_member(fd, members, blob_path(descriptor["digest"]))
+        )
         if "config" in document:
             tags = descriptor.get("annotations", {}).get("io.containerd.image.name")
             layers = [blob_path(layer["digest"]) for layer in document["layers"]]
-            return blob_path(document["config"]["digest"]), layers, [tags] if tags else []
+            return (
+                blob_path(document["config"]["digest"]),
+                layers,
+                [tags] if tags else [],
+            )
     raise ValueError("index.json nests too deep")
 
 

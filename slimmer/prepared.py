@@ -9,11 +9,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from slimmer import guards, links, packages, sources
+from slimmer import links, packages, sources
 from slimmer.archive import SavedImage
 from slimmer.daemon import ImageInfo
 from slimmer.ocilayout import platform_text
-from slimmer.prune import select
+from slimmer.prune import guarded
 from slimmer.report import Report, tally, write_lines_atomically
 from slimmer.rules import Ruleset
 from slimmer.squash import squash
@@ -54,10 +54,7 @@ def _prune(image: sources.Image, ruleset, options, progress, command) -> Prepare
     tree = squash(saved.layers)
 
     progress.step("prune")
-    removed = dict(select(tree, ruleset).removed)
-    kept = guards.find_guards(tree, saved, saved.config, removed)
-    for guard in kept:
-        _restore(removed, guard.path)
+    removed, kept = guarded(tree, ruleset, saved, saved.config)
 
     source = image.info
     report = Report(
@@ -79,13 +76,6 @@ def _prune(image: sources.Image, ruleset, options, progress, command) -> Prepare
         if count.files == 0 and not count.pattern.startswith("!")
     ]
     return Prepared(source, saved, tree, ruleset, removed, report, image)
-
-
-def _restore(removed: dict, path: str) -> None:
-    # A guarded file stays, and so must every directory above it.
-    parts = path.split("/")
-    for depth in range(1, len(parts) + 1):
-        removed.pop("/".join(parts[:depth]), None)
 
 
 def _guard_json(guard) -> dict:

@@ -84,3 +84,20 @@ def _restore_parents(plan: Plan, path: str) -> None:
     for parent in reversed(parents):
         del plan.removed[parent]
         plan.kept_by_keep[parent] = f"holds the kept path {path}"
+
+
+def guarded(tree: Tree, ruleset: Ruleset, contents, config: dict):
+    """The paths `ruleset` removes once the guards are applied, and the guards.
+
+    Returns (removed: path -> rule, guards). A guarded path stays, and so
+    does every directory above it.
+    """
+    from slimmer.guards import find_guards
+
+    removed = dict(select(tree, ruleset).removed)
+    kept = find_guards(tree, contents, config, removed)
+    for guard in kept:
+        parts = guard.path.split("/")
+        for depth in range(1, len(parts) + 1):
+            removed.pop("/".join(parts[:depth]), None)
+    return removed, kept
