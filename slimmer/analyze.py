@@ -174,15 +174,15 @@ def check_gates(analysis: Analysis, image_size: int, gates: Gates) -> None:
     failed = []
     if gates.max_wasted is not None and analysis.wasted_bytes > gates.max_wasted:
         failed.append(
-            f"wasted bytes {analysis.wasted_bytes} > --max-wasted {gates.max_wasted}"
+            f"wasted bytes {analysis.wasted_bytes} > max_wasted {gates.max_wasted}"
         )
     if gates.min_efficiency is not None and analysis.efficiency < gates.min_efficiency:
         failed.append(
-            f"efficiency {analysis.efficiency:.3f} < --min-efficiency "
+            f"efficiency {analysis.efficiency:.3f} < min_efficiency "
             f"{gates.min_efficiency}"
         )
     if gates.max_size is not None and image_size > gates.max_size:
-        failed.append(f"image size {image_size} > --max-size {gates.max_size}")
+        failed.append(f"image size {image_size} > max_size {gates.max_size}")
     if failed:
         raise ThresholdExceeded("; ".join(failed))
 
@@ -219,10 +219,12 @@ def _gates_from(path: Path) -> Gates:
     if unknown:
         raise SlimmerError(f"{path}: unknown keys in [analyze]: {sorted(unknown)}")
     gates = Gates()
-    if "max_wasted" in table:
-        gates.max_wasted = parse_size(table["max_wasted"])
-    if "max_size" in table:
-        gates.max_size = parse_size(table["max_size"])
+    for key in ("max_wasted", "max_size"):
+        if key in table:
+            try:
+                setattr(gates, key, parse_size(table[key]))
+            except SlimmerError as exc:
+                raise SlimmerError(f"{path}: {key}: {exc}") from exc
     if "min_efficiency" in table:
         try:
             gates.min_efficiency = float(table["min_efficiency"])

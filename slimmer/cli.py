@@ -62,8 +62,8 @@ def handle_errors(command):
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             ctx.err.print(
-                "[red]interrupted[/]: nothing was tagged; the work "
-                "folder and any candidate image were removed"
+                "[red]interrupted[/]: everything slimmer made was removed "
+                "(work folder, containers, candidate images); nothing was tagged"
             )
             sys.exit(EXIT_INTERRUPTED)
         except OSError as exc:
@@ -127,7 +127,12 @@ def _configure_logging(verbose: int, quiet: int) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="slimmer")
 @click.option("-v", "--verbose", count=True, help="More detail; -vv for debug.")
-@click.option("-q", "--quiet", count=True, help="No progress, warnings only.")
+@click.option(
+    "-q",
+    "--quiet",
+    count=True,
+    help="No progress bars or info lines; results still print.",
+)
 @click.pass_context
 def main(ctx, verbose, quiet):
     """Make existing container images smaller without rebuilding them.

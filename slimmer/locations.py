@@ -34,6 +34,8 @@ _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
 _DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[0-9a-fA-F]{32,}")
+# An image id, short or whole, as the daemon accepts it in place of a ref.
+_IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]{12,64}")
 # A DNS name or IPv4 address, or a bracketed IPv6 address; then a port.
 _HOST = re.compile(
     r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
@@ -80,8 +82,8 @@ class Location:
 
 def parse_location(text: str) -> Location:
     """The location `text` names. Raises LocationError when it is malformed."""
-    if not text or text != text.strip() or any(c.isspace() for c in text):
-        raise LocationError(f"bad image location {text!r}: empty or has spaces")
+    if not text:
+        raise LocationError("bad image location: it is empty")
     scheme, sep, rest = text.partition("://")
     if sep:
         if scheme != "docker":
@@ -116,9 +118,30 @@ def _parse_oci(text: str, rest: str) -> Location:
 
 def _parse_daemon(text: str, ref: str) -> Location:
     name, _, digest = ref.partition("@")
-    if not name or (digest and not _DIGEST.fullmatch(digest)):
-        raise LocationError(f"bad image ref {text!r}")
+    if not (_IMAGE_ID.fullmatch(ref) or _valid_name(name)) or (
+        digest and not _DIGEST.fullmatch(digest)
+    ):
+        raise LocationError(
+            f"bad image ref {text!r}: expected [HOST/]REPO[:TAG][@DIGEST] "
+            "or an image id"
+        )
     return Location(DAEMON, ref=ref)
+
+
+def _valid_name(name: str) -> bool:
+    """distribution/reference: [host/]repository[:tag], at most 255 long."""
+    repository, tag = _split_tag(name)
+    if tag is not None and not _TAG.fullmatch(tag):
+        return False
+    parts = repository.split("/")
+    if len(parts) > 1 and (
+        "." in parts[0] or ":" in parts[0] or parts[0] == "localhost"
+    ):
+        if not _HOST.fullmatch(parts[0]):
+            return False
+        parts = parts[1:]
+    path = "/".join(parts)
+    return len(repository) <= 255 and bool(_REPOSITORY.fullmatch(path))
 
 
 def _parse_registry(text: str, rest: str) -> Location:

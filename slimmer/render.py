@@ -36,6 +36,10 @@ def human(size: int | float) -> str:
     return f"{size} B"
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def printable(path: str) -> str:
     # Names that are not UTF-8 arrive as surrogate escapes; show their bytes.
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -108,7 +112,7 @@ def _headline(console, report):
         )
     tally = report.tally
     verb = "would remove" if report.command == "plan" else "removed"
-    console.print(f"{verb} {tally.files} files, {human(tally.bytes)}")
+    console.print(f"{verb} {plural(tally.files, 'file')}, {human(tally.bytes)}")
 
 
 def _rules(console, report):
@@ -184,7 +188,8 @@ def _smoke(console, report):
 def _packages(console, report):
     for item in report.packages:
         console.print(
-            f"package {item['package']} lost {item['files_removed']} files; "
+            f"package {item['package']} lost "
+            f"{plural(item['files_removed'], 'file')}; "
             "the package database still lists it as installed",
             markup=False,
         )

@@ -182,6 +182,13 @@ def run_on_source(
         run = runner.run(image_id, [command], runner.timeout, SHELL)
         log.info("source: %s -> %s", command, _describe(run))
         results.append(SmokeResult(command, run.exit_code, None, run.output))
+        if run.timed_out:
+            raise SmokeBrokenOnSource(
+                f"smoke test timed out on the source image after "
+                f"{runner.timeout:g} s; raise --smoke-timeout or fix the test: "
+                f"{command}",
+                results,
+            )
         if run.exit_code != 0:
             raise SmokeBrokenOnSource(
                 f"smoke test fails on the source image ({_describe(run)}), so the "

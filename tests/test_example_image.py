@@ -186,4 +186,4 @@ def test_analyze_gate_on_waste_exits_5(example):
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     assert done.returncode == 5, done.stderr
-    assert "--max-wasted" in done.stderr
+    assert "max_wasted" in done.stderr

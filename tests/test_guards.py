@@ -537,6 +537,15 @@ def test_symlink_already_dangling_in_the_source_is_not_listed():
     assert dangling(image.tree, {"etc/passwd": RULE}) == []
 
 
+def test_symlink_naming_a_removed_symlink_of_a_loop_dangles():
+    image = FakeImage()
+    image.symlink("app/loop1", "loop2")
+    image.symlink("app/loop2", "loop1")
+    image.symlink("app/tolink", "loop1")
+    found = dangling(image.tree, {"app/loop1": RULE})
+    assert [item["path"] for item in found] == ["/app/loop2", "/app/tolink"]
+
+
 def test_dangling_targets_resolve_in_the_image_not_on_the_host():
     image = FakeImage()
     # /etc/passwd exists on the host; here the rule removes the image's own.

@@ -113,10 +113,20 @@ def test_canonical_text_parses_back_to_the_same_location(text):
 
 
 @pytest.mark.parametrize(
+    "text", ["docker-archive:/tmp/with space.tar", "oci:/tmp/oci dir/x:tag"]
+)
+def test_paths_with_spaces_are_fine(text):
+    assert " " in str(parse_location(text).path)
+
+
+@pytest.mark.parametrize(
     ("text", "says"),
     [
         ("", "empty"),
-        ("app latest", "spaces"),
+        ("app latest", "expected .HOST/.REPO"),
+        ("newcomer/caf\udce9:1", "expected .HOST/.REPO"),
+        ("a" * 256, "expected .HOST/.REPO"),
+        ("bogus:/x", "expected .HOST/.REPO"),
         ("docker://app:1", "name the registry"),
         ("docker://library/app", "name the registry"),
         ("docker://registry.example.com/App", "bad repository"),
