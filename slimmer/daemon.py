@@ -51,7 +51,8 @@ class Daemon:
             self.client = client or docker.from_env(timeout=600)
             self.client.ping()
         except _UNREACHABLE as exc:
-            raise DaemonError(f"cannot reach the Docker daemon: {_short(exc)}") from exc
+            message = f"cannot reach the Docker daemon: {short_error(exc)}"
+            raise DaemonError(message) from exc
         self.api = self.client.api
 
     def inspect(self, ref: str) -> ImageInfo:
@@ -61,7 +62,7 @@ class Daemon:
         except docker.errors.ImageNotFound as exc:
             raise ImageNotFound(f"no such image: {ref}") from exc
         except _UNREACHABLE as exc:
-            raise DaemonError(f"cannot inspect {ref}: {_short(exc)}") from exc
+            raise DaemonError(f"cannot inspect {ref}: {short_error(exc)}") from exc
         return ImageInfo(
             attrs["Id"],
             attrs.get("Size", 0),
@@ -75,7 +76,7 @@ class Daemon:
         except docker.errors.ImageNotFound:
             return False
         except _UNREACHABLE as exc:
-            raise DaemonError(f"cannot inspect {ref}: {_short(exc)}") from exc
+            raise DaemonError(f"cannot inspect {ref}: {short_error(exc)}") from exc
         return True
 
     def save(
@@ -91,7 +92,7 @@ class Daemon:
                         progress(len(chunk))
         except _UNREACHABLE as exc:
             raise DaemonError(
-                f"docker save of {image_id} failed: {_short(exc)}"
+                f"docker save of {image_id} failed: {short_error(exc)}"
             ) from exc
 
     def load(self, archive: Iterable[bytes]) -> None:
@@ -101,14 +102,14 @@ class Daemon:
                 if "error" in message or "errorDetail" in message:
                     raise DaemonError(f"docker load failed: {message.get('error')}")
         except _UNREACHABLE as exc:
-            raise DaemonError(f"docker load failed: {_short(exc)}") from exc
+            raise DaemonError(f"docker load failed: {short_error(exc)}") from exc
 
     def tag(self, image_id: str, target: str) -> None:
         repository, tag = split_ref(target)
         try:
             self.api.tag(image_id, repository, tag, force=True)
         except _UNREACHABLE as exc:
-            raise DaemonError(f"cannot tag {target}: {_short(exc)}") from exc
+            raise DaemonError(f"cannot tag {target}: {short_error(exc)}") from exc
 
     def remove_image(self, image_id: str) -> None:
         """Remove an image slimmer created; a missing one is not an error."""
@@ -117,7 +118,7 @@ class Daemon:
         except docker.errors.ImageNotFound:
             pass
         except _UNREACHABLE as exc:
-            log.warning("could not remove image %s: %s", image_id, _short(exc))
+            log.warning("could not remove image %s: %s", image_id, short_error(exc))
 
 
 def split_ref(ref: str) -> tuple[str, str]:
@@ -130,6 +131,7 @@ def split_ref(ref: str) -> tuple[str, str]:
     return name, "latest"
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """The first line of an error, for one-line messages."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import docker.errors
 import requests.exceptions
 
-from slimmer.daemon import Daemon, RunResult
+from slimmer.daemon import Daemon, RunResult, short_error
 from slimmer.errors import DaemonError, SmokeBrokenOnSource, SmokeFailed
 from slimmer.importcheck import DriverFailed, ImportCheck, error_line, run_check
 
@@ -115,10 +115,11 @@ class Runner:
             # The image cannot run the command (no shell, say): the test
             # fails as a shell would. Any other refusal is the daemon's.
             if _CANNOT_EXEC.search(str(exc)):
-                return RunResult(127, f"cannot run: {_short(exc)}")
-            raise DaemonError(f"the daemon refused a container: {_short(exc)}") from exc
+                return RunResult(127, f"cannot run: {short_error(exc)}")
+            message = f"the daemon refused a container: {short_error(exc)}"
+            raise DaemonError(message) from exc
         except _UNREACHABLE as exc:
-            raise DaemonError(f"cannot run a container: {_short(exc)}") from exc
+            raise DaemonError(f"cannot run a container: {short_error(exc)}") from exc
         finally:
             if container is not None:
                 with DeferredInterrupt():
@@ -218,11 +219,6 @@ def run_on_candidate(
 
 def _describe(run: RunResult) -> str:
     return "timed out" if run.timed_out else f"exit {run.exit_code}"
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _quiet(name: str, total: int | None = None) -> None:

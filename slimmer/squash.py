@@ -45,10 +45,7 @@ def squash(layers: Iterable[Layer]) -> Tree:
     """Apply `layers` oldest first and return the merged tree."""
     tree = Tree()
     for index, layer in enumerate(layers):
-        try:
-            _apply(tree, index, layer)
-        except tarfile.TarError as exc:
-            raise ArchiveError(f"layer {index} is not a valid tar: {exc}") from exc
+        apply_layer(tree, index, layer)
     return tree
 
 
