@@ -86,6 +86,17 @@ class Layer:
     digest: str = ""  # the archive's name for it; for messages only
 
     fd: int = field(default=-1, repr=False)
+    # Ranges of the file left unwritten (spool.Holes), or None.
+    holes: object = field(default=None, repr=False)
+
+    def ensure(self, offset: int, size: int) -> None:
+        """Make sure `size` bytes at `offset` of the layer tar are there.
+
+        Every reader of a file's bytes asks first: a saved archive may
+        leave out the bytes of files the profiles remove (see spool.py).
+        """
+        if self.holes is not None:
+            self.holes.ensure(self.offset + offset, size)
 
     def open(self) -> FileSlice:
         return FileSlice(self.fd, self.offset, self.size)
@@ -113,10 +124,13 @@ class SavedImage:
         end = entry.size if size is None else min(entry.size, start + size)
         if start >= end:
             return b""
-        return self.layers[entry.layer].pread(end - start, entry.data_offset + start)
+        layer = self.layers[entry.layer]
+        layer.ensure(entry.data_offset + start, end - start)
+        return layer.pread(end - start, entry.data_offset + start)
 
     def open(self, entry) -> FileSlice:
         """A seekable file object over a regular file's contents."""
+        self.layers[entry.layer].ensure(entry.data_offset, entry.size)
         return FileSlice(
             self.layers[entry.layer].fd,
             self.layers[entry.layer].offset + entry.data_offset,

@@ -1,8 +1,7 @@
 """Assemble the new image: its config, and the archive `docker load` reads.
 
 The config is carried through as a dict, so keys slimmer does not know
-survive. The archive uses the legacy `docker save` layout, which every
-daemon version loads, and is streamed rather than written to disk.
+survive. The archive `docker load` reads is made by destinations.py.
 """
 
 from __future__ import annotations
@@ -11,11 +10,8 @@ import copy
 import hashlib
 import json
 import tarfile
-from collections.abc import Iterator
-from pathlib import Path
 
 from slimmer import __version__
-from slimmer.archive import COPY_BUFFER
 
 BLOCK = tarfile.BLOCKSIZE
 
@@ -49,34 +45,3 @@ def config_bytes(config: dict) -> bytes:
 
 def image_id(config_blob: bytes) -> str:
     return f"sha256:{hashlib.sha256(config_blob).hexdigest()}"
-
-
-def stream_archive(config_blob: bytes, layer: Path, diff_id: str) -> Iterator[bytes]:
-    """The image as a `docker save` archive, yielded in chunks."""
-    config_name = f"{hashlib.sha256(config_blob).hexdigest()}.json"
-    layer_name = f"{diff_id.removeprefix('sha256:')}/layer.tar"
-    manifest = [{"Config": config_name, "RepoTags": [], "Layers": [layer_name]}]
-    yield from _small_member(config_name, config_blob)
-    yield from _small_member("manifest.json", json.dumps(manifest).encode())
-    size = layer.stat().st_size
-    yield _header(layer_name, size)
-    with open(layer, "rb") as source:
-        while chunk := source.read(COPY_BUFFER):
-            yield chunk
-    yield _padding(size)
-    yield b"\0" * (2 * BLOCK)
-
-
-def _header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode = size, 0o644
-    return info.tobuf(tarfile.PAX_FORMAT)
-
-
-def _padding(size: int) -> bytes:
-    return b"\0" * (-size % BLOCK)
-
-
-def _small_member(name: str, data: bytes) -> Iterator[bytes]:
-    yield _header(name, len(data))
-    yield data + _padding(len(data))

@@ -8,14 +8,16 @@ answers, so that an image it made is known and can be removed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from slimmer.assemble import config_bytes, image_id
 from slimmer.daemon import Daemon
-from slimmer.destinations import docker_archive
+from slimmer.destinations import docker_archive, layer_first_archive
 from slimmer.errors import DaemonError
 from slimmer.ocilayout import LAYER_TYPES, Blob
 from slimmer.smoke import DeferredInterrupt
-from slimmer.writer import WrittenLayer
+from slimmer.writer import StreamedLayer, WrittenLayer
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +26,32 @@ PLAIN = LAYER_TYPES["none"]
 
 @dataclass
 class Candidate:
-    """An image written to the work folder, about to be loaded."""
+    """The new image: its layer, and its config once the layer's digest
+    is known.
 
-    id: str
-    config: dict
-    config_blob: bytes
-    layer: WrittenLayer
+    A layer written to the work folder (a WrittenLayer) is known at once;
+    a StreamedLayer is made on its way into `docker load`, so `id`,
+    `config` and `config_blob` stay None until that load has sent it.
+    """
+
+    layer: WrittenLayer | StreamedLayer
+    make_config: Callable[[str], dict]  # the config, given the layer's diff_id
     base: list[Blob] = field(default_factory=list)  # plain layers kept below
+    id: str | None = None
+    config: dict | None = None
+    config_blob: bytes | None = None
     # The daemon had this image before: never remove it. True until checked.
     existed: bool = True
+
+    def __post_init__(self):
+        if self.layer.diff_id:
+            self.finish()
+
+    def finish(self) -> None:
+        """Make the config, now that the layer's diff_id is known."""
+        self.config = self.make_config(self.layer.diff_id)
+        self.config_blob = config_bytes(self.config)
+        self.id = image_id(self.config_blob)
 
     def layers(self) -> list[Blob]:
         """Every layer as an uncompressed tar, bottom first."""
@@ -41,16 +60,36 @@ class Candidate:
 
     @property
     def size(self) -> int:
-        return sum(blob.size for blob in self.layers())
+        return sum(blob.size for blob in self.base) + self.layer.size
 
 
 def load(daemon: Daemon, candidate: Candidate, progress, keep_file=False) -> None:
-    """Load the candidate; its layer file goes unless `keep_file`."""
+    """Load the candidate; a layer file goes unless `keep_file`.
+
+    A streamed layer is written as it is sent. Its image id is known only
+    at the end, so the images the daemon held before are listed first, to
+    know whether the candidate was among them.
+    """
     progress.step("load", candidate.layer.size)
+    if isinstance(candidate.layer, StreamedLayer):
+        before = daemon.image_ids()
+        send(daemon, _streamed(candidate), progress)
+        candidate.existed = candidate.id in before
+        return
     candidate.existed = daemon.exists(candidate.id)
     send(daemon, docker_archive(candidate.config_blob, candidate.layers()), progress)
     if not keep_file:
         candidate.layer.path.unlink()
+
+
+def _streamed(candidate: Candidate):
+    layer = candidate.layer
+
+    def config() -> bytes:
+        candidate.finish()
+        return candidate.config_blob
+
+    return layer_first_archive(layer.size, layer.chunks(), config)
 
 
 def load_source(daemon: Daemon, image, progress, loaded: list[str]) -> str:
@@ -100,7 +139,7 @@ def commit(daemon: Daemon, image: str, target: str) -> None:
 
 def discard(daemon: Daemon, candidate: Candidate) -> None:
     with DeferredInterrupt():
-        if not candidate.existed:
+        if candidate.id and not candidate.existed:
             daemon.remove_image(candidate.id)
 
 

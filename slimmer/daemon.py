@@ -7,7 +7,7 @@ SDK errors into slimmer's own with `raise ... from`. Nothing here prints.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,6 +70,13 @@ class Daemon:
             attrs.get("Config") or {},
         )
 
+    def image_ids(self) -> set[str]:
+        """The id of every image the daemon holds, untagged ones included."""
+        try:
+            return set(self.api.images(all=True, quiet=True))
+        except _UNREACHABLE as exc:
+            raise DaemonError(f"cannot list images: {short_error(exc)}") from exc
+
     def exists(self, ref: str) -> bool:
         try:
             self.api.inspect_image(ref)
@@ -83,13 +90,16 @@ class Daemon:
         self, image_id: str, target: Path, progress: Callable[[int], None] | None = None
     ) -> None:
         """Write `docker save` of `image_id` to the file `target`."""
+        with open(target, "wb") as sink:
+            for chunk in self.save_stream(image_id):
+                sink.write(chunk)
+                if progress:
+                    progress(len(chunk))
+
+    def save_stream(self, image_id: str) -> Iterator[bytes]:
+        """`docker save` of `image_id`, as the daemon sends it."""
         try:
-            stream = self.api.get_image(image_id, chunk_size=SAVE_CHUNK)
-            with open(target, "wb") as sink:
-                for chunk in stream:
-                    sink.write(chunk)
-                    if progress:
-                        progress(len(chunk))
+            yield from self.api.get_image(image_id, chunk_size=SAVE_CHUNK)
         except _UNREACHABLE as exc:
             raise DaemonError(
                 f"docker save of {image_id} failed: {short_error(exc)}"

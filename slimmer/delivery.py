@@ -29,7 +29,7 @@ from slimmer.locations import DAEMON, DOCKER_ARCHIVE, default_destination
 from slimmer.ocilayout import PlatformImage, matches, platform_text
 from slimmer.prepared import Listing, Prepared, prepare
 from slimmer.report import Report
-from slimmer.writer import write_layer
+from slimmer.writer import StreamedLayer, write_layer
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,12 @@ def _build_and_test(context: Context, prepared: Prepared, why, index) -> Run:
         # The tests pass on the source: only now is anything written.
         context.listing.add(prepared)
         made = _write(
-            prepared, prepared.removed, context.workdir, context.progress, index
+            prepared,
+            prepared.removed,
+            context.workdir,
+            context.progress,
+            index,
+            stream=context.where.target.kind == DAEMON,
         )
         result = _deliver(context, prepared, suite, made)
     finally:
@@ -176,26 +181,39 @@ def _baseline(runner, options, prepared, source_id, progress) -> smoke.Suite:
     )
 
 
-def _write(prepared, removed, workdir, progress, index=0) -> Candidate:
-    """Write the candidate's new layer and config into the work folder."""
-    progress.step("write", sum(e.size for _, e in prepared.tree.walk() if e.is_file))
+def _write(prepared, removed, workdir, progress, index=0, stream=False) -> Candidate:
+    """The candidate: its new layer written into the work folder, or, with
+    `stream`, made ready to go straight into `docker load`."""
     saved, count = prepared.saved, prepared.base
-    target = workdir / f"layer-{index}.tar"
     summary = _summary(prepared)
     if count:
+        progress.step("write", _file_bytes(prepared))
+        target = workdir / f"layer-{index}.tar"
         layer, _ = keepbase.upper_layer(
             prepared.tree, saved.layers, removed, count, target, progress.advance
         )
-        config = keepbase.new_config(saved.config, count, layer.diff_id, summary)
         base = prepared.image.plain_layers()[:count]
+        return Candidate(
+            layer,
+            lambda diff_id: keepbase.new_config(saved.config, count, diff_id, summary),
+            base,
+        )
+    if stream:
+        progress.step("size the new layer")
+        layer = StreamedLayer(prepared.tree, saved.layers, removed)
     else:
+        progress.step("write", _file_bytes(prepared))
+        target = workdir / f"layer-{index}.tar"
         layer = write_layer(
             prepared.tree, saved.layers, removed, target, progress.advance
         )
-        config = assemble.new_config(saved.config, layer.diff_id, summary)
-        base = []
-    blob = assemble.config_bytes(config)
-    return Candidate(assemble.image_id(blob), config, blob, layer, base)
+    return Candidate(
+        layer, lambda diff_id: assemble.new_config(saved.config, diff_id, summary)
+    )
+
+
+def _file_bytes(prepared) -> int:
+    return sum(entry.size for _, entry in prepared.tree.walk() if entry.is_file)
 
 
 def _extras(prepared: Prepared, tested: bool) -> dict:
@@ -268,7 +286,7 @@ def _bisect(daemon, prepared, failing, workdir, progress) -> dict | None:
         chosen = set(subset)
         progress.step(f"bisect: probe {len(chosen)} of {len(rules)} rules")
         removed = {p: r for p, r in prepared.removed.items() if r in chosen}
-        probe = _write(prepared, removed, workdir, progress, index="probe")
+        probe = _write(prepared, removed, workdir, progress, "probe", stream=True)
         try:
             candidate.load(daemon, probe, progress)
             return failing.breaks(probe.id)

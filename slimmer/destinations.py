@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from slimmer import compress, ociwrite
@@ -53,6 +53,32 @@ def docker_archive(
             stored.add(name)
             yield from _file_member(name, blob)
     # Two zero blocks end a tar archive (POSIX ustar).
+    yield b"\0" * (2 * BLOCK)
+
+
+# The name of the one layer in a layer_first_archive; any path will do,
+# since manifest.json names it.
+STREAMED_LAYER = "layer/layer.tar"
+
+
+def layer_first_archive(
+    size: int, chunks: Iterable[bytes], config: Callable[[], bytes]
+) -> Iterator[bytes]:
+    """A `docker save` archive of a one-layer image whose layer is made as
+    it goes: `chunks` must come to `size` bytes, and `config()` is asked
+    for the config's bytes only after the last of them.
+
+    The daemon unpacks the whole archive before it reads manifest.json, so
+    the config and manifest may follow the layer.
+    """
+    yield _header(STREAMED_LAYER, size)
+    yield from chunks
+    yield b"\0" * (-size % BLOCK)
+    config_blob = config()
+    config_name = f"{hashlib.sha256(config_blob).hexdigest()}.json"
+    manifest = [{"Config": config_name, "RepoTags": [], "Layers": [STREAMED_LAYER]}]
+    yield from _small_member(config_name, config_blob)
+    yield from _small_member("manifest.json", json.dumps(manifest).encode())
     yield b"\0" * (2 * BLOCK)
 
 

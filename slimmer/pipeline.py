@@ -38,6 +38,7 @@ from slimmer.locations import (
 from slimmer.ocilayout import matches
 from slimmer.prepared import Listing, Prepared, prepare  # noqa: F401 - re-exported
 from slimmer.profiles import resolve
+from slimmer.prune import removes_file
 from slimmer.report import Report
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,16 @@ def needs_daemon(options: Options, with_target: bool = True) -> bool:
 # -- the steps plan and apply share ------------------------------------------
 
 
+def _left_out(ruleset, options: Options):
+    """Which files' bytes a daemon source may be saved without.
+
+    --keep-base copies the lower layers whole, so they must be whole.
+    """
+    if ruleset.empty or options.keep_base:
+        return None
+    return removes_file(ruleset)
+
+
 def _choose(opened, options, where: Route, daemon, one=False) -> list:
     """The images to slim: every platform, or those of --platform.
 
@@ -172,7 +183,12 @@ def plan(daemon, options: Options, progress: Progress | None = None) -> Report:
     with (
         work_folder(options.workdir) as workdir,
         sources.Opened(
-            where.source, workdir, daemon, options.insecure, progress
+            where.source,
+            workdir,
+            daemon,
+            options.insecure,
+            progress,
+            _left_out(ruleset, options),
         ) as opened,
     ):
         for choice in sources.select(opened.choices(), options.platforms, where.source):
@@ -236,7 +252,12 @@ def apply(daemon, options: Options, progress: Progress | None = None) -> Report:
     with (
         work_folder(options.workdir) as workdir,
         sources.Opened(
-            where.source, workdir, daemon, options.insecure, progress
+            where.source,
+            workdir,
+            daemon,
+            options.insecure,
+            progress,
+            _left_out(ruleset, options),
         ) as opened,
     ):
         context = delivery.Context(daemon, options, where, workdir, progress)

@@ -9,7 +9,9 @@ removed directory still goes.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from slimmer.rules import Rule, Ruleset
@@ -100,4 +102,38 @@ def guarded(tree: Tree, ruleset: Ruleset, contents, config: dict):
         parts = guard.path.split("/")
         for depth in range(1, len(parts) + 1):
             removed.pop("/".join(parts[:depth]), None)
+    return removed, kept
+
+
+def removes_file(ruleset: Ruleset) -> Callable[[str], bool]:
+    """Whether `ruleset` removes a regular file at a path, keep lines
+    counted, however the rest of the tree looks.
+
+    It follows select() for a file whose parents are directories, which
+    they are wherever such a file is in the tree. The guards are not
+    asked: they need the whole tree, so a file they keep is read back
+    through Layer.ensure.
+    """
+
+    @functools.lru_cache(maxsize=4096)
+    def directory(path: str) -> tuple[bool, bool]:
+        """(removed, kept) for a directory, its parents' verdicts included."""
+        if not path:
+            return False, False
+        removed, kept = directory(path.rpartition("/")[0])
+        return _verdict(ruleset, path, True, removed, kept)
+
+    def removes(path: str) -> bool:
+        removed, kept = directory(path.rpartition("/")[0])
+        removed, kept = _verdict(ruleset, path, False, removed, kept)
+        return removed and not kept
+
+    return removes
+
+
+def _verdict(ruleset, path, is_dir, removed, kept) -> tuple[bool, bool]:
+    """(removed, kept) for a path, given its parent directory's."""
+    removed = removed or ruleset.match(path, is_dir) is not None
+    if not kept and ruleset.has_keep:
+        kept = ruleset.keep_match(path, is_dir) is not None
     return removed, kept

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from slimmer import spool
 from slimmer.archive import SavedImage, read_archive
 from slimmer.daemon import Daemon, ImageInfo
 from slimmer.errors import ArchiveError, DaemonError, SlimmerError
@@ -64,6 +65,8 @@ class Image:
 
     def plain_layers(self) -> list[Blob]:
         """The layers as uncompressed tars, named by their diff_ids."""
+        for layer in self.saved.layers:
+            layer.ensure(0, layer.size)  # copied whole: no hole may stay
         return uncompressed_blobs(self.saved)
 
     def close(self) -> None:
@@ -84,9 +87,14 @@ class Choice:
 class Opened:
     """A source location, open: list its images, then read the chosen ones."""
 
-    def __init__(self, location, workdir: Path, daemon, insecure=(), progress=None):
+    def __init__(
+        self, location, workdir: Path, daemon, insecure=(), progress=None, removes=None
+    ):
+        """`removes(path)` says a regular file at `path` surely goes: a
+        daemon source is then saved without its bytes (see spool.py)."""
         self.location, self.workdir, self.daemon = location, workdir, daemon
         self.progress = progress or _Quiet()
+        self.removes = removes
         self._layout: Source | None = None
         if location.kind == DAEMON and daemon is None:
             raise DaemonError(f"{location} is on the Docker daemon, which is not here")
@@ -121,10 +129,20 @@ class Opened:
         info = self.daemon.inspect(self.location.ref)
         self.progress.step("save", info.size)
         path = self.workdir / "source.tar"
-        self.daemon.save(info.id, path, self.progress.advance)
+        stream = self.daemon.save_stream(info.id)
+        holes = spool.save(stream, path, self.removes, self.progress.advance)
         image = self._from_archive(path)
         image.info, image.on_daemon = info, True
+        if holes:
+            holes.fill = lambda: self._fill(holes, info.id, path)
+            for layer in image.saved.layers:
+                if layer.path == path:  # not a decompressed copy
+                    layer.holes = holes
         return image
+
+    def _fill(self, holes, image_id: str, path: Path) -> None:
+        self.progress.step("save again: a kept file was left out", None)
+        spool.fill(holes, self.daemon.save_stream(image_id), path)
 
     def _from_archive(self, path: Path) -> Image:
         self.progress.step("read", None)

@@ -80,11 +80,6 @@ class _Sink:
         self.digest.update(data)
         self.size += len(data)
 
-    def pad(self) -> None:
-        remainder = self.size % BLOCK
-        if remainder:
-            self.write(b"\0" * (BLOCK - remainder))
-
 
 def write_layer(
     tree: Tree,
@@ -93,29 +88,106 @@ def write_layer(
     target: Path,
     progress: Callable[[int], None] | None = None,
 ) -> WrittenLayer:
-    """Write every path of `tree` not in `removed` to the tar `target`.
+    """Write every path of `tree` not in `removed` to the tar `target`."""
+    sink = _Sink(target)
+    try:
+        for chunk in layer_chunks(tree, layers, removed, progress):
+            sink.write(chunk)
+        # No fsync: the layer is scratch, loaded and then deleted.
+        sink.file.flush()
+    finally:
+        sink.file.close()
+    return WrittenLayer(target, sink.size, f"sha256:{sink.digest.hexdigest()}")
+
+
+class StreamedLayer:
+    """The new layer as a stream of known size, hashed as it goes out.
+
+    The size comes from a first walk that reads only headers, so the
+    layer can go straight into `docker load` (a tar header states its
+    member's size up front) and never touches the disk. `diff_id` is set
+    once the last chunk has gone.
+    """
+
+    def __init__(self, tree: Tree, layers: list[Layer], removed: Container[str]):
+        self.tree, self.layers, self.removed = tree, layers, removed
+        self.size = layer_size(tree, layers, removed)
+        self.diff_id: str | None = None
+
+    def chunks(self, progress: Callable[[int], None] | None = None):
+        digest, sent = hashlib.sha256(), 0
+        for chunk in layer_chunks(self.tree, self.layers, self.removed, progress):
+            digest.update(chunk)
+            sent += len(chunk)
+            yield chunk
+        if sent != self.size:
+            # The two walks must agree, or the outer tar would be corrupt.
+            raise OSError(f"the new layer came out {sent} bytes, not {self.size}")
+        self.diff_id = f"sha256:{digest.hexdigest()}"
+
+
+def layer_chunks(
+    tree: Tree,
+    layers: list[Layer],
+    removed: Container[str],
+    progress: Callable[[int], None] | None = None,
+):
+    """The new layer's tar, in chunks: every path of `tree` not in `removed`.
 
     A path in `removed` takes its subtree with it. Each file's first kept
     name is written in full and later names as hardlinks to it, so every
     hardlink points to a member written earlier.
     """
     reader = HeaderReader(layers)
-    sink = _Sink(target)
-    names = Names(tree)
     try:
-        for path, entry in _kept(tree, removed):
-            info = member_info(reader, names, path, entry)
-            _write_member(sink, reader, layers, entry, info)
-            if progress:
+        for entry, header in _headers(tree, removed, reader):
+            yield header
+            if entry is not None:
+                yield from _contents(reader, layers, entry)
+                yield _padding(entry.size)
+            if progress and entry is not None:
                 progress(entry.size)
-        # Two zero blocks end a tar archive (POSIX ustar).
-        sink.write(b"\0" * (2 * BLOCK))
-        # No fsync: the layer is scratch, loaded and then deleted.
-        sink.file.flush()
+        yield END_OF_ARCHIVE
     finally:
-        sink.file.close()
         reader.close()
-    return WrittenLayer(target, sink.size, f"sha256:{sink.digest.hexdigest()}")
+
+
+def layer_size(tree: Tree, layers: list[Layer], removed: Container[str]) -> int:
+    """The size of what layer_chunks yields, from the headers alone.
+
+    It also makes sure every kept file's bytes are in the saved archive
+    (Layer.ensure), so that a layer streamed into the daemon never stalls.
+    """
+    reader = HeaderReader(layers)
+    try:
+        size = len(END_OF_ARCHIVE)
+        for entry, header in _headers(tree, removed, reader):
+            size += len(header)
+            if entry is not None:
+                if entry.kind == REGULAR:
+                    layers[entry.layer].ensure(entry.data_offset, entry.size)
+                size += entry.size + len(_padding(entry.size))
+        return size
+    finally:
+        reader.close()
+
+
+def _headers(tree: Tree, removed: Container[str], reader: HeaderReader):
+    """(entry, header bytes) of each kept path; entry is None unless the
+    member carries bytes (a regular file written in full)."""
+    names = Names(tree)
+    for path, entry in _kept(tree, removed):
+        info = member_info(reader, names, path, entry)
+        carries = info.type == tarfile.REGTYPE
+        yield (entry if carries else None), header_bytes(info)
+
+
+def _padding(size: int) -> bytes:
+    return b"\0" * (-size % BLOCK)
+
+
+# Two zero blocks end a tar archive (POSIX ustar).
+END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 
 
 def _kept(tree: Tree, removed: Container[str]):
@@ -223,35 +295,31 @@ def header_bytes(info: tarfile.TarInfo) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, **ENCODING)
 
 
-def _write_member(sink, reader, layers, entry, info) -> None:
-    sink.write(header_bytes(info))
-    if info.type != tarfile.REGTYPE:
-        return
+def _contents(reader: HeaderReader, layers: list[Layer], entry: Entry):
+    """A regular file's bytes, in chunks of at most COPY_BUFFER."""
     if entry.kind == SPARSE:
-        _copy_sparse(sink, reader, entry, info)
-    else:
-        _copy(sink, layers[entry.layer], entry.data_offset, entry.size)
-    sink.pad()
-
-
-def _copy(sink: _Sink, layer: Layer, offset: int, size: int) -> None:
-    while size > 0:
-        chunk = layer.pread(min(size, COPY_BUFFER), offset)
+        yield from _sparse_contents(reader, entry)
+        return
+    layer, offset, left = layers[entry.layer], entry.data_offset, entry.size
+    layer.ensure(offset, left)
+    while left > 0:
+        chunk = layer.pread(min(left, COPY_BUFFER), offset)
         if not chunk:
             raise OSError(f"layer {layer.digest} ends inside a member")
-        sink.write(chunk)
+        yield chunk
         offset += len(chunk)
-        size -= len(chunk)
+        left -= len(chunk)
 
 
-def _copy_sparse(sink, reader, entry, info) -> None:
+def _sparse_contents(reader: HeaderReader, entry: Entry):
     # LIMITATION: GNU sparse members are written out as plain files of
     # their full length. The daemon never writes them, and docker 20.10
     # cannot `docker save` an image that holds one.
+    info = reader.header(entry)
     source = reader.sparse_reader(entry, info)
     left = entry.size
     while chunk := source.read(min(left, COPY_BUFFER)):
-        sink.write(chunk)
+        yield chunk
         left -= len(chunk)
     if left:
         raise OSError(f"a sparse member ends {left} bytes short: {info.name!r}")

@@ -152,6 +152,7 @@ class ImageSpec:
     # legacy; oci (Docker 25+); oci-bare (no manifest.json); oci-links (the
     # manifest names legacy <id>/layer.tar symlinks into blobs/)
     layout: str = "legacy"
+    format: int = tarfile.PAX_FORMAT  # of the layer tars
 
 
 def _compress(data: bytes, how: str) -> bytes:
@@ -187,7 +188,7 @@ def image_config(spec: ImageSpec, layer_tars: list[bytes]) -> dict:
 
 def save_archive(spec: ImageSpec) -> bytes:
     """A `docker save` archive of `spec`, in its layout."""
-    tars = [layer_tar(members) for members in spec.layers]
+    tars = [layer_tar(members, spec.format) for members in spec.layers]
     blobs = [_compress(t, spec.compression) for t in tars]
     config = json.dumps(image_config(spec, tars)).encode()
     files: dict[str, bytes] = {}

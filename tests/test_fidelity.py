@@ -37,8 +37,9 @@ from oracle import (
 
 from slimmer import assemble
 from slimmer.archive import read_archive
+from slimmer.destinations import layer_first_archive
 from slimmer.squash import squash
-from slimmer.writer import write_layer
+from slimmer.writer import StreamedLayer
 
 RICH = "slimmer-fidelity/rich:1"
 # cap_net_raw in the permitted and effective sets (VFS_CAP_REVISION_2,
@@ -723,13 +724,17 @@ def slim_archive(client, archive: Path, workdir: Path, tag: str) -> str:
     """slimmer's reader, squash and writer on `archive`; loaded as `tag`."""
     saved = read_archive(archive, workdir)
     try:
-        layer = write_layer(squash(saved.layers), saved.layers, (), workdir / "l.tar")
-        config = assemble.new_config(saved.config, layer.diff_id, "fidelity")
+        # The way apply loads a candidate: the layer made as it is sent.
+        layer = StreamedLayer(squash(saved.layers), saved.layers, ())
+
+        def config() -> bytes:
+            made = assemble.new_config(saved.config, layer.diff_id, "fidelity")
+            return assemble.config_bytes(made)
+
+        stream = b"".join(layer_first_archive(layer.size, layer.chunks(), config))
     finally:
         saved.close()
-    blob = assemble.config_bytes(config)
-    stream = assemble.stream_archive(blob, layer.path, layer.diff_id)
-    (image,) = client.images.load(b"".join(stream))
+    (image,) = client.images.load(stream)
     image.tag(*tag.split(":"))
     return tag
 

@@ -20,7 +20,14 @@ from oracle import read_tree
 from slimmer.archive import Layer, read_archive
 from slimmer.errors import ArchiveError
 from slimmer.squash import squash
-from slimmer.writer import HeaderReader, Names, header_bytes, member_info, write_layer
+from slimmer.writer import (
+    HeaderReader,
+    Names,
+    StreamedLayer,
+    header_bytes,
+    member_info,
+    write_layer,
+)
 
 
 def slim(tmp_path, *stack, removed=(), compression="none", layout="legacy"):
@@ -608,3 +615,27 @@ def test_decompressed_layers_never_clash_with_other_work_files(tmp_path):
         assert (tmp_path / "layer-0.tar").read_bytes() == b"someone else's file"
     finally:
         saved.close()
+
+
+@pytest.mark.parametrize("removed", [(), ("a",), ("big", "a/x")])
+def test_streamed_layer_is_the_written_layer_and_states_its_size(tmp_path, removed):
+    # The size is stated before any byte is read, from the headers alone.
+    long_name = "d/" + "n" * 150
+    lower = [L.directory("a"), L.file("a/x", b"x" * 700), L.hardlink("a/y", "a/x")]
+    lower += [L.file("big", os.urandom(3 << 20)), L.symlink("s", "a/x")]
+    lower += [L.directory("d"), L.file(long_name, b"l", uid=3_000_000)]
+    upper = [L.whiteout("a/x"), L.sparse("sp", 9000, [(0, b"s" * 10), (8000, b"e")])]
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(L.save_archive(L.ImageSpec([lower, upper])))
+    saved = read_archive(archive, tmp_path)
+    try:
+        tree = squash(saved.layers)
+        written = write_layer(tree, saved.layers, set(removed), tmp_path / "out.tar")
+        streamed = StreamedLayer(tree, saved.layers, set(removed))
+        size = streamed.size
+        data = b"".join(streamed.chunks())
+    finally:
+        saved.close()
+    assert size == len(data) == written.size
+    assert data == written.path.read_bytes()
+    assert streamed.diff_id == written.diff_id
