@@ -73,8 +73,12 @@ def load(daemon: Daemon, candidate: Candidate, progress, keep_file=False) -> Non
     progress.step("load", candidate.layer.size)
     if isinstance(candidate.layer, StreamedLayer):
         before = daemon.image_ids()
-        send(daemon, _streamed(candidate), progress)
-        candidate.existed = candidate.id in before
+        try:
+            send(daemon, _streamed(candidate), progress)
+        finally:
+            # Also on Ctrl-C held until the daemon answered: the image it
+            # made is then known, and removed unless it was there before.
+            candidate.existed = candidate.id is None or candidate.id in before
         return
     candidate.existed = daemon.exists(candidate.id)
     send(daemon, docker_archive(candidate.config_blob, candidate.layers()), progress)
