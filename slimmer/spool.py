@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 BLOCK = tarfile.BLOCKSIZE
 ZERO_BLOCK = bytes(BLOCK)
 WRITE_BUFFER = 1 << 20
+# Buffers per pwritev call, well under Linux's IOV_MAX of 1024.
+MAX_VECTOR = 512
 # Bytes of a left-out file always written: its ELF identification and more.
 HEAD = 64
 # Types whose bytes are the file's bytes (POSIX ustar "typeflag").
@@ -93,8 +95,10 @@ class _Spooler:
         self._chunks, self._fd, self._holes = iter(chunks), fd, holes
         self._progress = progress
         self._buffer = memoryview(b"")  # received, not yet consumed
-        self._pending = bytearray()  # consumed, not yet written
-        self._pending_start = 0  # the stream offset of _pending[0]
+        # Consumed, not yet written: views of the received chunks, written
+        # together by one pwritev, so no byte is copied on the way.
+        self._pending: list[memoryview] = []
+        self._pending_size = 0
         self.pos = 0  # stream offset of the next byte to consume
         self.block = os.fstat(fd).st_blksize or 4096  # the file system's
 
@@ -106,7 +110,9 @@ class _Spooler:
                 return False
             if self._progress:
                 self._progress(len(chunk))
-            self._buffer = memoryview(bytes(self._buffer) + chunk)
+            if self._buffer:
+                chunk = bytes(self._buffer) + chunk
+            self._buffer = memoryview(chunk)
         return True
 
     def peek(self, size: int) -> bytes:
@@ -114,10 +120,10 @@ class _Spooler:
         return bytes(self._buffer[:size])
 
     def take(self, size: int) -> bytes:
-        if not self._fill(size):
-            raise ArchiveError("the saved image ends early")
+        """Up to `size` bytes, written too; fewer only at the stream's end."""
+        self._fill(size)
         data = bytes(self._buffer[:size])
-        self._consume(size, write=True)
+        self._consume(len(data), write=True)
         return data
 
     def copy(self, size: int) -> None:
@@ -149,21 +155,28 @@ class _Spooler:
             size -= step
 
     def _consume(self, size: int, write: bool) -> None:
-        if write:
-            if not self._pending:
-                self._pending_start = self.pos
-            self._pending += self._buffer[:size]
-            if len(self._pending) >= WRITE_BUFFER:
-                self._flush()
-        else:
-            self._flush()
+        if not write:
+            self._flush()  # what is pending ends where the hole starts
+        piece = self._buffer[:size]
         self._buffer = self._buffer[size:]
         self.pos += size
+        if write:
+            self._pending.append(piece)
+            self._pending_size += size
+            if self._pending_size >= WRITE_BUFFER or len(self._pending) >= MAX_VECTOR:
+                self._flush()
 
     def _flush(self) -> None:
-        if self._pending:
-            os.pwrite(self._fd, self._pending, self._pending_start)
-            self._pending.clear()
+        if not self._pending:
+            return
+        start = self.pos - self._pending_size
+        written = os.pwritev(self._fd, self._pending, start)
+        if written < self._pending_size:  # a short write: finish it plainly
+            rest = b"".join(self._pending)[written:]
+            while rest:
+                done = os.pwrite(self._fd, rest, start + written)
+                rest, written = rest[done:], written + done
+        self._pending, self._pending_size = [], 0
 
 
 def save(
@@ -236,14 +249,15 @@ def _members(spooler: _Spooler, end: int) -> Iterator[tuple[tarfile.TarInfo, int
     records: dict[str, str] = {}
     long_name = None
     while end - spooler.pos >= BLOCK:
-        block = spooler.peek(BLOCK)
+        # A block that ends the archive, or is no header, is written too:
+        # the caller copies whatever follows.
+        block = spooler.take(BLOCK)
         if len(block) < BLOCK or block == ZERO_BLOCK:
             return
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.HeaderError:
             return
-        spooler.take(BLOCK)
         size = info.size
         if info.type not in PAX_HEADERS and "size" in records:
             size = _int(records["size"], size)
