@@ -4,6 +4,9 @@ Headers are re-read from the source layers (the tree keeps only where
 they are), so ownership, modes, xattrs and odd names pass through as the
 source had them. Bytes are copied by positioned reads; only the bytes of
 kept files are read a second time.
+
+The layer is a file (write_layer) or a stream of known size that goes
+straight into `docker load` (StreamedLayer); both come from layer_chunks.
 """
 
 from __future__ import annotations
@@ -145,8 +148,8 @@ def layer_chunks(
             if entry is not None:
                 yield from _contents(reader, layers, entry)
                 yield _padding(entry.size)
-            if progress and entry is not None:
-                progress(entry.size)
+                if progress:
+                    progress(entry.size)
         yield END_OF_ARCHIVE
     finally:
         reader.close()
