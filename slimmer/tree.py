@@ -9,6 +9,7 @@ the number of paths, not with the image's size in bytes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 # Member kinds, as tar type flags (POSIX ustar, section "typeflag").
 REGULAR = b"0"
@@ -20,37 +21,77 @@ DIRECTORY = b"5"
 FIFO = b"6"
 
 
+BLOCK = 512  # tar: headers and data areas fill whole 512-byte blocks
+
+
+class Shape(NamedTuple):
+    """What many records have in common: kind, mode, and header blocks.
+
+    `header_blocks` is how many 512-byte blocks the member's headers take
+    (extended headers included), so the bytes start that many blocks after
+    `header_offset`; None for a record with no member bytes to read.
+    """
+
+    kind: bytes
+    mode: int
+    header_blocks: int | None
+
+
+# Every Shape in use, once each: an image has few kinds, modes and header
+# lengths, so records share these few tuples instead of holding three
+# fields (and a fresh int for the mode) each.
+_SHAPES: dict[Shape, Shape] = {}
+
+
+def shape(kind: bytes, mode: int, header_blocks: int | None) -> Shape:
+    new = Shape(kind, mode, header_blocks)
+    return _SHAPES.setdefault(new, new)
+
+
 class Entry:
     """One path of the squashed tree.
 
     `layer` and `header_offset` locate the member's first header block
-    (extended headers included) inside its layer. The names of a file with
-    hardlinks share one record, so two entries
-    with the same `inode` are one file with several names.
+    (extended headers included) inside its layer; `data_offset` is where
+    its bytes start. The names of a file with hardlinks share one record,
+    so two entries with the same `inode` are one file with several names.
+
+    NOTE: an image may hold millions of records, so each is kept small:
+    six slots (an 80-byte object), with kind, mode and the header length
+    in a shared Shape, and the data offset derived from the header offset
+    instead of held as a second large int. Reading `kind` or `mode` costs
+    one more attribute lookup; that is the trade.
     """
 
-    __slots__ = (
-        "layer",
-        "header_offset",
-        "data_offset",
-        "size",
-        "kind",
-        "mode",
-        "linkname",
-        "children",
-    )
+    __slots__ = ("layer", "header_offset", "size", "linkname", "children", "_shape")
 
     def __init__(
         self, layer, header_offset, data_offset, size, kind, mode, linkname=None
     ):
         self.layer = layer
         self.header_offset = header_offset
-        self.data_offset = data_offset
         self.size = size
-        self.kind = kind
-        self.mode = mode
         self.linkname = linkname
         self.children: dict[str, Entry] | None = {} if kind == DIRECTORY else None
+        self._shape = shape(kind, mode, header_blocks(header_offset, data_offset))
+
+    @property
+    def kind(self) -> bytes:
+        return self._shape.kind
+
+    @property
+    def mode(self) -> int:
+        return self._shape.mode
+
+    @mode.setter
+    def mode(self, mode: int) -> None:
+        self._shape = shape(self._shape.kind, mode, self._shape.header_blocks)
+
+    @property
+    def data_offset(self) -> int:
+        """Where the member's bytes start in its layer; -1 when it has none."""
+        blocks = self._shape.header_blocks
+        return -1 if blocks is None else self.header_offset + blocks * BLOCK
 
     @property
     def inode(self) -> tuple[int, int]:
@@ -58,17 +99,33 @@ class Entry:
 
     @property
     def is_dir(self) -> bool:
-        return self.kind == DIRECTORY
+        return self._shape.kind == DIRECTORY
 
     @property
     def is_file(self) -> bool:
-        return self.kind == REGULAR
+        return self._shape.kind == REGULAR
 
     def __repr__(self):
         return (
             f"Entry(kind={self.kind!r}, layer={self.layer}, "
             f"size={self.size}, link={self.linkname!r})"
         )
+
+
+def header_blocks(header_offset: int, data_offset: int) -> int | None:
+    """The blocks between a member's first header and its bytes.
+
+    A negative `data_offset` means the record has no bytes to read.
+    """
+    if data_offset < 0:
+        return None
+    blocks, rest = divmod(data_offset - header_offset, BLOCK)
+    if rest or blocks < 0:
+        raise ValueError(
+            f"data offset {data_offset} is not whole blocks after the header "
+            f"at {header_offset}"
+        )
+    return blocks
 
 
 class Tree:

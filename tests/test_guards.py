@@ -33,7 +33,7 @@ class FakeImage:
 
     def __init__(self):
         self.tree = Tree()
-        self.blob = bytearray()
+        self.data: dict[tuple[int, int], bytes] = {}  # by inode
         self.opened = 0
         self.records = 0
 
@@ -47,17 +47,17 @@ class FakeImage:
         node.children[parts[-1]] = entry
         return entry
 
-    def _entry(self, kind, size=0, mode=0o644, linkname=None, data_offset=-1):
+    def _entry(self, kind, size=0, mode=0o644, linkname=None):
         # Each record gets its own header offset: its identity (inode).
         self.records += 1
-        return Entry(0, self.records * 512, data_offset, size, kind, mode, linkname)
+        offset = self.records * 512
+        return Entry(0, offset, offset + 512, size, kind, mode, linkname)
 
     def file(self, path: str, data: bytes | str = b"", mode: int = 0o755) -> Entry:
         if isinstance(data, str):
             data = data.encode()
-        offset = len(self.blob)
-        self.blob += data
-        entry = self._entry(REGULAR, len(data), mode, data_offset=offset)
+        entry = self._entry(REGULAR, len(data), mode)
+        self.data[entry.inode] = data
         return self._put(path, entry)
 
     def symlink(self, path: str, target: str) -> Entry:
@@ -69,7 +69,7 @@ class FakeImage:
     # The contents interface find_guards reads through.
     def read(self, entry: Entry, start: int = 0, size: int | None = None) -> bytes:
         end = entry.size if size is None else min(entry.size, start + size)
-        return bytes(self.blob[entry.data_offset + start : entry.data_offset + end])
+        return self.data[entry.inode][start:end]
 
     def open(self, entry: Entry):
         self.opened += 1

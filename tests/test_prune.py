@@ -23,7 +23,7 @@ def make_tree(*paths: str) -> Tree:
         for depth, name in enumerate(parts, start=1):
             here = kind if depth == len(parts) else DIRECTORY
             if name not in node.children:
-                node.children[name] = Entry(0, number * 100 + depth, 0, 0, here, 0o644)
+                node.children[name] = Entry(0, number * 100 + depth, -1, 0, here, 0o644)
             node = node.children[name]
     return tree
 
