@@ -160,15 +160,26 @@ class Tree:
         start = self.get(top)
         if start is None or start.children is None:
             return
-        stack = [(top, start)]
+        # One frame per open directory: its path prefix, its children and
+        # an iterator over their sorted names. Memory grows with the depth
+        # and the widest directory, never with the number of paths.
+        stack = [
+            (f"{top}/" if top else "", start.children, iter(sorted(start.children)))
+        ]
         while stack:
-            path, node = stack.pop()
-            if node is not start:
-                yield path, node
-            if node.children:
-                prefix = f"{path}/" if path else ""
-                for name in sorted(node.children, reverse=True):
-                    stack.append((prefix + name, node.children[name]))
+            prefix, children, names = stack[-1]
+            for name in names:
+                entry = children.get(name)
+                if entry is None:
+                    continue  # the caller removed it while walking
+                path = prefix + name
+                yield path, entry
+                if entry.children:
+                    below = entry.children
+                    stack.append((f"{path}/", below, iter(sorted(below))))
+                    break
+            else:
+                stack.pop()
 
     def __len__(self):
         return sum(1 for _ in self.walk())
