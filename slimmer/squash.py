@@ -84,14 +84,42 @@ def _check_end(layer: Layer, offset: int) -> None:
         )
 
 
+class _Adds:
+    """A layer's members that add a path, held until its markers are known.
+
+    NOTE: a layer is read whole before its adds are applied (see the
+    module docstring), so every added member is held at once. Each is
+    kept as three list slots: its parent directory's path (one string
+    shared by consecutive members of the same directory), its name (the
+    very string that becomes the tree's key) and its record. A full path
+    string and a tuple per member would cost more than the record itself.
+    """
+
+    def __init__(self):
+        self.parents: list[str] = []
+        self.names: list[str] = []
+        self.entries: list[Entry] = []
+
+    def append(self, path: str, entry: Entry) -> None:
+        parent, _, name = path.rpartition("/")
+        if self.parents and self.parents[-1] == parent:
+            parent = self.parents[-1]
+        self.parents.append(parent)
+        self.names.append(name)
+        self.entries.append(entry)
+
+    def __iter__(self) -> Iterator[tuple[str, str, Entry]]:
+        return zip(self.parents, self.names, self.entries, strict=True)
+
+
 def _apply(tree: Tree, index: int, layer: Layer) -> None:
-    hides, opaque_dirs, adds, aufs_sources = [], [], [], {}
+    hides, opaque_dirs, adds, aufs_sources = [], [], _Adds(), {}
     for info in members(layer):
         path = normalize(info.name)
         meaning = marker(path)
         if meaning is None:
             if path:
-                adds.append((path, _record(index, info)))
+                adds.append(path, _record(index, info))
         elif meaning[0] == "whiteout":
             hides.append(meaning[1])
         elif meaning[0] == "opaque":
@@ -102,18 +130,16 @@ def _apply(tree: Tree, index: int, layer: Layer) -> None:
             log.debug("dropping AUFS metadata %s", path)
 
     for path in hides:
-        _parent_dir(tree, path, index)
-        _remove(tree, path)
+        _remove(_parent_dir(tree, path, index), path)
     for path in opaque_dirs:
         if not path:
             log.debug("ignoring an opaque marker at the image root, as overlayfs")
             continue
-        directory = _parent_dir(tree, f"{path}/{OPAQUE}", index)
-        directory.children.clear()
-    for path, entry in adds:
+        _parent_dir(tree, f"{path}/{OPAQUE}", index).children.clear()
+    for parent, name, entry in adds:
         if entry.kind == HARDLINK:
-            entry = _resolve_hardlink(tree, path, entry, aufs_sources)
-        _put(tree, path, entry, index)
+            entry = _resolve_hardlink(tree, _join(parent, name), entry, aufs_sources)
+        _put(_directory(tree, parent, index), name, entry)
 
 
 def _join(parent: str, name: str) -> str:
@@ -134,25 +160,25 @@ def _record(index: int, info: tarfile.TarInfo) -> Entry:
     return Entry(index, info.offset, info.offset_data, size, kind, info.mode, linkname)
 
 
-def _remove(tree: Tree, path: str) -> None:
-    parent_path, _, name = path.rpartition("/")
-    parent = tree.get(parent_path)
-    if parent is not None and parent.children is not None:
-        parent.children.pop(name, None)
+def _remove(directory: Entry, path: str) -> None:
+    directory.children.pop(path.rpartition("/")[2], None)
 
 
-def _put(tree: Tree, path: str, entry: Entry, index: int) -> None:
-    parent = _parent_dir(tree, path, index)
-    name = path.rpartition("/")[2]
-    existing = parent.children.get(name)
+def _put(directory: Entry, name: str, entry: Entry) -> None:
+    existing = directory.children.get(name)
     if entry.is_dir and existing is not None and existing.is_dir:
         # A directory over a directory merges: new metadata, old children.
         entry.children = existing.children
-    parent.children[name] = entry
+    directory.children[name] = entry
 
 
 def _parent_dir(tree: Tree, path: str, index: int) -> Entry:
-    """The directory that holds `path`, as layer `index` leaves it.
+    """The directory that holds `path`, as layer `index` leaves it."""
+    return _directory(tree, path.rpartition("/")[0], index)
+
+
+def _directory(tree: Tree, path: str, index: int) -> Entry:
+    """The directory at `path`, as layer `index` leaves it.
 
     A layer that holds a path without a header for its parent directory
     makes the parent anew, as the daemon's unpacker does: root-owned,
@@ -160,7 +186,9 @@ def _parent_dir(tree: Tree, path: str, index: int) -> Entry:
     (though not its children), so a lower directory takes it on too.
     """
     node = tree.root
-    for part in path.split("/")[:-1]:
+    if not path:
+        return node
+    for part in path.split("/"):
         child = node.children.get(part)
         if child is None or child.children is None:
             child = _implied_dir()
