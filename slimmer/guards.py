@@ -18,10 +18,12 @@ path and its ancestor directories.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import posixpath
 import re
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from slimmer.elf import ELF_MAGIC, ElfInfo, LibrarySearch, MalformedElf, read_elf
@@ -89,8 +91,10 @@ class TreeView:
     def __init__(self, tree: Tree, contents):
         self.tree, self.contents = tree, contents
         self._resolved: dict[str, _Resolved | None] = {}
+        # ELF files only (None: one ld.so cannot load). Other files are not
+        # remembered: the library walk asks about every kept file once, and
+        # an answer per file would grow with the image.
         self._elf: dict[tuple[int, int], ElfInfo | None] = {}
-        self._magic: dict[tuple[int, int], bool] = {}
 
     def resolve(self, path: str) -> _Resolved | None:
         """What `path` names once every symlink is followed, or None.
@@ -146,26 +150,26 @@ class TreeView:
         return _Resolved("/".join(names), nodes[-1], tuple(links))
 
     def is_elf(self, entry: Entry) -> bool:
+        """Whether `entry` is a regular file that starts with the ELF magic."""
         if not entry.is_file or entry.size < MIN_ELF_SIZE:
             return False
-        if entry.inode not in self._magic:
-            head = self.contents.read(entry, 0, len(ELF_MAGIC))
-            self._magic[entry.inode] = head == ELF_MAGIC
-        return self._magic[entry.inode]
+        return self.contents.read(entry, 0, len(ELF_MAGIC)) == ELF_MAGIC
 
     def elf(self, entry: Entry, path: str) -> ElfInfo | None:
         """The loader facts of an ELF file, parsed once per file identity."""
+        if entry.inode in self._elf:
+            return self._elf[entry.inode]
         if not self.is_elf(entry):
             return None
-        if entry.inode not in self._elf:
-            try:
-                with self.contents.open(entry) as stream:
-                    self._elf[entry.inode] = read_elf(stream)
-            except MalformedElf as exc:
-                # ld.so cannot load it either, so its needs never matter.
-                log.info("skipping unreadable ELF file %s: %s", path, exc)
-                self._elf[entry.inode] = None
-        return self._elf[entry.inode]
+        try:
+            with self.contents.open(entry) as stream:
+                info = read_elf(stream)
+        except MalformedElf as exc:
+            # ld.so cannot load it either, so its needs never matter.
+            log.info("skipping unreadable ELF file %s: %s", path, exc)
+            info = None
+        self._elf[entry.inode] = info
+        return info
 
     def read_text(self, path: str) -> str | None:
         found = self.resolve(path)
@@ -316,27 +320,45 @@ class _Finder:
         return False
 
     def guard_libraries(self, programs: list[_Resolved]) -> None:
-        """Guard what every kept ELF file loads, and what that loads, in turn."""
-        queue = deque()
+        """Guard what every kept ELF file loads, and what that loads, in turn.
+
+        Loads are followed breadth first: every kept file, the programs and
+        the preloads, then what each of them loads, and so on. Which file
+        first needs a library is the reason its guard gives.
+        """
+        # The preloads are guarded before any file is scanned.
+        preloads = self._preloads()
+        # NOTE: the kept files come one at a time from the tree walk rather
+        # than from a queue holding them all; only the loads they lead to
+        # wait in `later`, in the order a single queue would hold them.
+        first = itertools.chain(
+            self._kept_files(), [(p.path, p.entry, None, ()) for p in programs]
+        )
+        later, seen = deque(), set()
+        for load in itertools.chain(first, preloads):
+            later += self._scan(load, seen)
+        while later:
+            later += self._scan(later.popleft(), seen)
+        log.debug("followed %d ELF loads", len(seen))
+
+    def _kept_files(self) -> Iterator[tuple]:
         for path, entry in self.view.tree.walk():
             if entry.is_file and path not in self.removed:
-                queue.append((path, entry, None, ()))
-        queue += [(p.path, p.entry, None, ()) for p in programs]
-        queue += self._preloads()
-        seen = set()
-        while queue:
-            path, entry, origin, inherited = queue.popleft()
-            info = self.view.elf(entry, path)
-            if info is None:
-                continue
-            # A file run or scanned directly has its own dir as $ORIGIN.
-            origin = origin or _origin(path)
-            key = (entry.inode, origin, inherited)
-            if key in seen:
-                continue
-            seen.add(key)
-            queue += self._dependencies(path, info, origin, inherited)
-        log.debug("followed %d ELF loads", len(seen))
+                yield path, entry, None, ()
+
+    def _scan(self, load: tuple, seen: set) -> list[tuple]:
+        """Guard what one loaded file needs; return the loads that follow."""
+        path, entry, origin, inherited = load
+        info = self.view.elf(entry, path)
+        if info is None:
+            return []
+        # A file run or scanned directly has its own dir as $ORIGIN.
+        origin = origin or _origin(path)
+        key = (entry.inode, origin, inherited)
+        if key in seen:
+            return []
+        seen.add(key)
+        return self._dependencies(path, info, origin, inherited)
 
     def _dependencies(
         self, path: str, info: ElfInfo, origin: str, inherited: tuple[str, ...]
