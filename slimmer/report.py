@@ -54,12 +54,18 @@ def tally(tree: Tree, removed: dict, rules: list) -> Tally:
         entry = tree.get(path)
         if entry is None or entry.is_dir:
             continue
-        size = 0
+        size = entry.size if entry.is_file else 0
         inode = entry.inode
-        if entry.is_file and inode not in kept_inodes and inode not in seen_inodes:
-            seen_inodes.add(inode)
-            size = entry.size
-        count = counts.setdefault(rule, RuleCount(rule.profile, rule.pattern))
+        # Only a file with several names (see Tree.links) needs its inode
+        # remembered; a set of every removed file's inode would not.
+        if size and inode in tree.links:
+            if inode in kept_inodes or inode in seen_inodes:
+                size = 0
+            else:
+                seen_inodes.add(inode)
+        count = counts.get(rule)
+        if count is None:
+            count = counts[rule] = RuleCount(rule.profile, rule.pattern)
         count.files += 1
         count.bytes += size
         result.files += 1
@@ -72,10 +78,16 @@ def tally(tree: Tree, removed: dict, rules: list) -> Tally:
 
 
 def _kept_inodes(tree: Tree, removed: dict) -> set:
-    """Files with more than one name, of which some name stays."""
+    """Files with more than one name, of which some name stays.
+
+    Only the files Tree.links names have several names, so only their
+    paths are gathered, not a path for every file of the image.
+    """
+    if not tree.links:
+        return set()
     names = defaultdict(list)
     for path, entry in tree.walk():
-        if entry.is_file:
+        if entry.is_file and entry.inode in tree.links:
             names[entry.inode].append(path)
     return {
         inode
