@@ -23,7 +23,7 @@ import logging
 import posixpath
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from slimmer.elf import ELF_MAGIC, ElfInfo, LibrarySearch, MalformedElf, read_elf
@@ -65,7 +65,7 @@ class _Resolved:
     links: tuple[str, ...]  # tree paths of the symlinks crossed on the way
 
 
-def find_guards(tree: Tree, contents, config: dict, removed: dict) -> list[Guard]:
+def find_guards(tree: Tree, contents, config: dict, removed: Mapping) -> list[Guard]:
     """The paths of `removed` that must stay, with what needs each of them.
 
     `contents` reads file bytes (`read(entry, start, size)`, `open(entry)`);
@@ -214,7 +214,7 @@ def _join(directory: str, name: str) -> str:
 class _Finder:
     """Follows what the image needs and collects the guards it finds."""
 
-    def __init__(self, view: TreeView, config: dict, removed: dict):
+    def __init__(self, view: TreeView, config: dict, removed: Mapping):
         self.view, self.removed = view, removed
         self.guards: dict[str, Guard] = {}
         self.settings = config.get("config") or {}

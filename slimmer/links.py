@@ -10,11 +10,13 @@ slimmer's doing and is not listed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from slimmer.guards import TreeView
 from slimmer.tree import SYMLINK, Tree
 
 
-def dangling(tree: Tree, removed: dict) -> list[dict]:
+def dangling(tree: Tree, removed: Mapping) -> list[dict]:
     """[{"path", "target"}] of every kept symlink that now points nowhere.
 
     `removed` maps each removed tree path to its rule; paths are absolute

@@ -10,7 +10,7 @@ is looked up as lstat(2) would inside the image, so Debian's merged-/usr
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from slimmer.guards import TreeView
 from slimmer.tree import Tree
@@ -23,7 +23,7 @@ DPKG_INFO = "var/lib/dpkg/info"
 APK_INSTALLED = "lib/apk/db/installed"
 
 
-def lost_files(tree: Tree, contents, removed: dict) -> list[dict]:
+def lost_files(tree: Tree, contents, removed: Mapping) -> list[dict]:
     """[{"package", "files_removed"}] for every package that lost a file.
 
     `contents` reads file bytes (`read(entry)`); `removed` maps each removed
@@ -43,7 +43,7 @@ def lost_files(tree: Tree, contents, removed: dict) -> list[dict]:
     ]
 
 
-def _removed_file(view: TreeView, path: str, removed: dict) -> bool:
+def _removed_file(view: TreeView, path: str, removed: Mapping) -> bool:
     where = view.locate(path)
     if where is None or where not in removed:
         return False

@@ -6,6 +6,7 @@ Both run exactly this, so they cannot disagree about what goes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ class Prepared:
     saved: SavedImage
     tree: Tree
     ruleset: Ruleset
-    removed: dict  # path -> rule, guards already restored
+    removed: Mapping  # path -> rule (a prune.RemovedPaths), guards already restored
     report: Report
     image: sources.Image | None = None
     base: int = 0  # layers kept under the new one (--keep-base)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 
 from slimmer.rules import Rule, Ruleset
@@ -20,13 +20,108 @@ from slimmer.tree import Tree
 log = logging.getLogger(__name__)
 
 
+class RemovedPaths(MutableMapping[str, Rule]):
+    """Removed tree paths and the rule removing each, as a mapping.
+
+    It iterates in the order of the tree walk: depth first, parents before
+    children, siblings sorted, which is also the order `select` adds them.
+
+    NOTE: an image may lose hundreds of thousands of paths, and a dict
+    keyed by full path strings costs about 140 bytes for each. Here each
+    directory's path is held once, with a dict of its removed names, and
+    `add` takes the tree's own name strings: about 40 bytes a path. A
+    lookup splits the path first, which makes it a little slower.
+    """
+
+    def __init__(self, paths=()):
+        self._names: dict[str, dict[str, Rule]] = {}  # directory -> name -> rule
+        self._count = 0
+        self.update(paths)
+
+    def add(self, directory: str, name: str, rule: Rule) -> None:
+        """Remove `name` of `directory`; pass the tree's own strings."""
+        names = self._names.setdefault(directory, {})
+        if name not in names:
+            self._count += 1
+        names[name] = rule
+
+    def __setitem__(self, path: str, rule: Rule) -> None:
+        directory, _, name = path.rpartition("/")
+        self.add(directory, name, rule)
+
+    def __getitem__(self, path: str) -> Rule:
+        directory, _, name = path.rpartition("/")
+        names = self._names.get(directory)
+        if names is None or name not in names:
+            raise KeyError(path)
+        return names[name]
+
+    def __contains__(self, path) -> bool:
+        if not isinstance(path, str):
+            return False
+        directory, _, name = path.rpartition("/")
+        names = self._names.get(directory)
+        return names is not None and name in names
+
+    def __delitem__(self, path: str) -> None:
+        directory, _, name = path.rpartition("/")
+        names = self._names.get(directory)
+        if names is None or name not in names:
+            raise KeyError(path)
+        del names[name]
+        self._count -= 1
+        if not names:
+            del self._names[directory]
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        # Walk order is sorted order of path components, so a depth-first
+        # walk over the directories that hold removed names (and those
+        # above them) yields it without the tree.
+        subdirs = self._subdirectories()
+        stack = [("", self._sorted_names("", subdirs))]
+        while stack:
+            directory, names = stack[-1]
+            for name in names:
+                path = f"{directory}/{name}" if directory else name
+                if name in self._names.get(directory, ()):
+                    yield path
+                if name in subdirs.get(directory, ()):
+                    stack.append((path, self._sorted_names(path, subdirs)))
+                    break
+            else:
+                stack.pop()
+
+    def _subdirectories(self) -> dict[str, set[str]]:
+        """directory -> names of its subdirectories that lead to removed names."""
+        subdirs: dict[str, set[str]] = {}
+        for directory in self._names:
+            while directory:
+                parent, _, name = directory.rpartition("/")
+                below = subdirs.setdefault(parent, set())
+                if name in below:
+                    break  # the rest of the way up is there already
+                below.add(name)
+                directory = parent
+        return subdirs
+
+    def _sorted_names(self, directory: str, subdirs) -> Iterator[str]:
+        names = self._names.get(directory, {}).keys() | subdirs.get(directory, set())
+        return iter(sorted(names))
+
+    def __repr__(self):
+        return f"RemovedPaths({dict(self.items())!r})"
+
+
 @dataclass
 class Plan:
     """What goes and why, in the order of the tree walk."""
 
     # Every removed path, descendants of a removed directory included
     # (attributed to that directory's rule).
-    removed: dict[str, Rule] = field(default_factory=dict)
+    removed: RemovedPaths = field(default_factory=RemovedPaths)
     # Paths a rule would remove but a keep line saved, with the reason.
     kept_by_keep: dict[str, str] = field(default_factory=dict)
 
@@ -38,11 +133,12 @@ def select(tree: Tree, ruleset: Ruleset) -> Plan:
         return plan
 
     # State of each directory seen so far: the rule removing it (its own
-    # or a parent's), and why keep lines keep it. tree.walk() yields a
+    # or a parent's), and why keep lines keep it. The walk yields a
     # parent before its children, so a parent's state is always there.
     dirs: dict[str, tuple[Rule | None, str | None]] = {"": (None, None)}
-    for path, entry in tree.walk():
-        removed_by, kept_because = dirs[path.rpartition("/")[0]]
+    for directory, name, entry in tree.walk_names():
+        path = f"{directory}/{name}" if directory else name
+        removed_by, kept_because = dirs[directory]
         is_dir = entry.is_dir
         if removed_by is None:
             removed_by = ruleset.match(path, is_dir)
@@ -54,7 +150,7 @@ def select(tree: Tree, ruleset: Ruleset) -> Plan:
         if removed_by is None:
             continue
         if kept_because is None:
-            plan.removed[path] = removed_by
+            plan.removed.add(directory, name, removed_by)
         else:
             _restore_parents(plan, path)
             plan.kept_by_keep[path] = kept_because

@@ -11,6 +11,7 @@ import json
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class Tally:
     top: list[tuple[str, int]] = field(default_factory=list)
 
 
-def tally(tree: Tree, removed: dict, rules: list) -> Tally:
+def tally(tree: Tree, removed: Mapping, rules: list) -> Tally:
     """Count what `removed` (path -> rule) takes out of `tree`.
 
     Every removed file counts under exactly one rule, the one `removed`
@@ -77,7 +78,7 @@ def tally(tree: Tree, removed: dict, rules: list) -> Tally:
     return result
 
 
-def _kept_inodes(tree: Tree, removed: dict) -> set:
+def _kept_inodes(tree: Tree, removed: Mapping) -> set:
     """Files with more than one name, of which some name stays.
 
     Only the files Tree.links names have several names, so only their
@@ -96,7 +97,7 @@ def _kept_inodes(tree: Tree, removed: dict) -> set:
     }
 
 
-def _removed_root(path: str, removed: dict) -> str:
+def _removed_root(path: str, removed: Mapping) -> str:
     """The highest removed directory holding `path`, else its parent."""
     parts = path.split("/")
     for depth in range(1, len(parts)):

@@ -157,26 +157,32 @@ class Tree:
     def walk(self, top: str = "") -> Iterator[tuple[str, Entry]]:
         """Every (path, entry) below `top`, depth first, parents before
         children, siblings in sorted order (the order the writer emits)."""
+        for directory, name, entry in self.walk_names(top):
+            yield (f"{directory}/{name}" if directory else name), entry
+
+    def walk_names(self, top: str = "") -> Iterator[tuple[str, str, Entry]]:
+        """Every (directory path, name, entry) below `top`, in walk order.
+
+        The directory path is one string per directory and the name is the
+        tree's own key, so a caller that keeps them keeps no new strings.
+        """
         start = self.get(top)
         if start is None or start.children is None:
             return
-        # One frame per open directory: its path prefix, its children and
-        # an iterator over their sorted names. Memory grows with the depth
-        # and the widest directory, never with the number of paths.
-        stack = [
-            (f"{top}/" if top else "", start.children, iter(sorted(start.children)))
-        ]
+        # One frame per open directory: its path, its children and an
+        # iterator over their sorted names. Memory grows with the depth and
+        # the widest directory, never with the number of paths.
+        stack = [(top, start.children, iter(sorted(start.children)))]
         while stack:
-            prefix, children, names = stack[-1]
+            directory, children, names = stack[-1]
             for name in names:
                 entry = children.get(name)
                 if entry is None:
-                    continue  # the caller removed it while walking
-                path = prefix + name
-                yield path, entry
+                    continue  # the caller took it out while walking
+                yield directory, name, entry
                 if entry.children:
-                    below = entry.children
-                    stack.append((f"{path}/", below, iter(sorted(below))))
+                    path = f"{directory}/{name}" if directory else name
+                    stack.append((path, entry.children, iter(sorted(entry.children))))
                     break
             else:
                 stack.pop()

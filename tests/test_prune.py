@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from slimmer.profiles import Profile, resolve
-from slimmer.prune import select
+from slimmer.prune import RemovedPaths, select
 from slimmer.rules import Rule, Ruleset
 from slimmer.tree import DIRECTORY, REGULAR, SYMLINK, Entry, Tree
 
@@ -127,6 +129,29 @@ def test_removed_is_in_walk_order():
     assert list(plan.removed) == [
         path for path, _ in tree.walk() if path in plan.removed
     ]
+
+
+# Names that sort around each other: "a" < "a b" < "a-b" < "a.b" < "ab".
+_NAMES = st.sampled_from(["a", "b", "a.b", "a-b", "ab", "a b", "A", "\u00e9"])
+_PATHS = st.lists(_NAMES, min_size=1, max_size=4).map("/".join)
+
+
+@given(st.lists(_PATHS, unique=True), st.data())
+def test_removed_paths_is_a_dict_in_walk_order(paths, data):
+    removed, model = RemovedPaths(), {}
+    for number, path in enumerate(paths):
+        removed[path] = model[path] = Rule("p", str(number))
+    gone = data.draw(st.lists(st.sampled_from(paths), unique=True)) if paths else []
+    for path in gone:
+        del removed[path]
+        del model[path]
+    # The walk's order: parents first, siblings sorted, component by component.
+    assert list(removed) == sorted(model, key=lambda path: path.split("/"))
+    assert dict(removed.items()) == model and len(removed) == len(model)
+    assert all(path in removed for path in model)
+    assert "zz" not in removed and removed.get("zz") is None
+    with pytest.raises(KeyError):
+        del removed["zz"]
 
 
 def test_empty_ruleset_removes_nothing():
