@@ -125,11 +125,17 @@ def _class_member(tree: Tree, info, stats: LayerStats) -> None:
 
 
 def _merged_bytes(tree: Tree) -> int:
+    # A file with several names counts once. Only the files Tree.links
+    # names have several, so only their inodes are remembered.
     seen, total = set(), 0
     for _, entry in tree.walk():
-        if entry.kind == REGULAR and entry.inode not in seen:
+        if entry.kind != REGULAR:
+            continue
+        if entry.inode in tree.links:
+            if entry.inode in seen:
+                continue
             seen.add(entry.inode)
-            total += entry.size
+        total += entry.size
     return total
 
 
