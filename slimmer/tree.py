@@ -22,29 +22,34 @@ FIFO = b"6"
 
 
 BLOCK = 512  # tar: headers and data areas fill whole 512-byte blocks
+# A record's header offset takes this many low bits of its place (see
+# Entry): layer tars up to 256 TiB.
+OFFSET_BITS = 48
+_OFFSET_MASK = (1 << OFFSET_BITS) - 1
 
 
 class Shape(NamedTuple):
-    """What many records have in common: kind, mode, and header blocks.
+    """What many records have in common: layer, kind, mode, header blocks.
 
     `header_blocks` is how many 512-byte blocks the member's headers take
     (extended headers included), so the bytes start that many blocks after
-    `header_offset`; None for a record with no member bytes to read.
+    the header offset; None for a record with no member bytes to read.
     """
 
+    layer: int
     kind: bytes
     mode: int
     header_blocks: int | None
 
 
-# Every Shape in use, once each: an image has few kinds, modes and header
-# lengths, so records share these few tuples instead of holding three
-# fields (and a fresh int for the mode) each.
+# Every Shape in use, once each: an image has few layers, kinds, modes and
+# header lengths, so records share these few tuples instead of holding
+# four fields (and a fresh int for the mode) each.
 _SHAPES: dict[Shape, Shape] = {}
 
 
-def shape(kind: bytes, mode: int, header_blocks: int | None) -> Shape:
-    new = Shape(kind, mode, header_blocks)
+def shape(layer: int, kind: bytes, mode: int, header_blocks: int | None) -> Shape:
+    new = Shape(layer, kind, mode, header_blocks)
     return _SHAPES.setdefault(new, new)
 
 
@@ -56,24 +61,34 @@ class Entry:
     its bytes start. The names of a file with hardlinks share one record,
     so two entries with the same `inode` are one file with several names.
 
-    NOTE: an image may hold millions of records, so each is kept small:
-    six slots (an 80-byte object), with kind, mode and the header length
-    in a shared Shape, and the data offset derived from the header offset
-    instead of held as a second large int. Reading `kind` or `mode` costs
-    one more attribute lookup; that is the trade.
+    NOTE: an image may hold millions of records, so each is kept small, at
+    the cost of reading most fields through a property:
+
+    - four slots, a 64-byte object;
+    - layer, kind, mode and header length in a Shape shared with every
+      record alike;
+    - header offset and size in one int, the place: the offset (plus one,
+      so that -1, no member, fits) in the low OFFSET_BITS bits, the size
+      above them. A file under 4 KiB keeps it one 32-byte int, where two
+      ints took 64 bytes;
+    - the data offset derived from the header offset and the Shape's
+      header length, not held as a third large int.
     """
 
-    __slots__ = ("layer", "header_offset", "size", "linkname", "children", "_shape")
+    __slots__ = ("children", "linkname", "_shape", "_place")
 
     def __init__(
         self, layer, header_offset, data_offset, size, kind, mode, linkname=None
     ):
-        self.layer = layer
-        self.header_offset = header_offset
-        self.size = size
-        self.linkname = linkname
         self.children: dict[str, Entry] | None = {} if kind == DIRECTORY else None
-        self._shape = shape(kind, mode, header_blocks(header_offset, data_offset))
+        self.linkname = linkname
+        blocks = header_blocks(header_offset, data_offset)
+        self._shape = shape(layer, kind, mode, blocks)
+        self._place = place(header_offset, size)
+
+    @property
+    def layer(self) -> int:
+        return self._shape.layer
 
     @property
     def kind(self) -> bytes:
@@ -85,7 +100,16 @@ class Entry:
 
     @mode.setter
     def mode(self, mode: int) -> None:
-        self._shape = shape(self._shape.kind, mode, self._shape.header_blocks)
+        layer, kind, _, blocks = self._shape
+        self._shape = shape(layer, kind, mode, blocks)
+
+    @property
+    def header_offset(self) -> int:
+        return (self._place & _OFFSET_MASK) - 1
+
+    @property
+    def size(self) -> int:
+        return self._place >> OFFSET_BITS
 
     @property
     def data_offset(self) -> int:
@@ -95,7 +119,7 @@ class Entry:
 
     @property
     def inode(self) -> tuple[int, int]:
-        return (self.layer, self.header_offset)
+        return (self._shape.layer, self.header_offset)
 
     @property
     def is_dir(self) -> bool:
@@ -126,6 +150,13 @@ def header_blocks(header_offset: int, data_offset: int) -> int | None:
             f"at {header_offset}"
         )
     return blocks
+
+
+def place(header_offset: int, size: int) -> int:
+    """A record's header offset and size as one int (see Entry)."""
+    if not -1 <= header_offset < _OFFSET_MASK or size < 0:
+        raise ValueError(f"header offset {header_offset} or size {size} out of range")
+    return size << OFFSET_BITS | (header_offset + 1)
 
 
 class Tree:
