@@ -88,28 +88,33 @@ class _Adds:
     """A layer's members that add a path, held until its markers are known.
 
     NOTE: a layer is read whole before its adds are applied (see the
-    module docstring), so every added member is held at once. Each is
-    kept as three list slots: its parent directory's path (one string
-    shared by consecutive members of the same directory), its name (the
-    very string that becomes the tree's key) and its record. A full path
-    string and a tuple per member would cost more than the record itself.
+    module docstring), so every added member is held at once. Each costs
+    two list slots: its name (the very string that becomes the tree's key)
+    and its record. Its parent directory's path is held once for each run
+    of members in the same directory, as tar keeps a directory's members
+    together. A full path string and a tuple per member would cost more
+    than the record itself.
     """
 
     def __init__(self):
-        self.parents: list[str] = []
         self.names: list[str] = []
         self.entries: list[Entry] = []
+        # (parent path, index of the run's first member), one per run.
+        self.runs: list[tuple[str, int]] = []
 
     def append(self, path: str, entry: Entry) -> None:
         parent, _, name = path.rpartition("/")
-        if self.parents and self.parents[-1] == parent:
-            parent = self.parents[-1]
-        self.parents.append(parent)
+        if not self.runs or self.runs[-1][0] != parent:
+            self.runs.append((parent, len(self.names)))
         self.names.append(name)
         self.entries.append(entry)
 
     def __iter__(self) -> Iterator[tuple[str, str, Entry]]:
-        return zip(self.parents, self.names, self.entries, strict=True)
+        for number, (parent, start) in enumerate(self.runs):
+            last = number + 1 == len(self.runs)
+            end = len(self.names) if last else self.runs[number + 1][1]
+            for index in range(start, end):
+                yield parent, self.names[index], self.entries[index]
 
 
 def _apply(tree: Tree, index: int, layer: Layer) -> None:
