@@ -89,14 +89,14 @@ class Layer:
     # Ranges of the file left unwritten (spool.Holes), or None.
     holes: object = field(default=None, repr=False)
 
-    def ensure(self, offset: int, size: int) -> None:
-        """Make sure `size` bytes at `offset` of the layer tar are there.
+    def ensure(self, offset: int, size: int) -> bool:
+        """Make sure `size` bytes at `offset` of the layer tar are there;
+        True if some had to be brought back.
 
         Every reader of a file's bytes asks first: a saved archive may
         leave out the bytes of files the profiles remove (see spool.py).
         """
-        if self.holes is not None:
-            self.holes.ensure(self.offset + offset, size)
+        return self.holes is not None and self.holes.ensure(self.offset + offset, size)
 
     def open(self) -> FileSlice:
         return FileSlice(self.fd, self.offset, self.size)

@@ -9,7 +9,6 @@ removed directory still goes.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
@@ -203,6 +202,10 @@ def guarded(tree: Tree, ruleset: Ruleset, contents, config: dict):
     return removed, kept
 
 
+# Directories whose verdict removes_file remembers before starting afresh.
+MAX_VERDICTS = 4096
+
+
 def removes_file(ruleset: Ruleset) -> Callable[[str], bool]:
     """Whether `ruleset` removes a regular file at a path, keep lines
     counted, however the rest of the tree looks.
@@ -213,13 +216,24 @@ def removes_file(ruleset: Ruleset) -> Callable[[str], bool]:
     through Layer.ensure.
     """
 
-    @functools.lru_cache(maxsize=4096)
+    verdicts: dict[str, tuple[bool, bool]] = {"": (False, False)}
+
     def directory(path: str) -> tuple[bool, bool]:
         """(removed, kept) for a directory, its parents' verdicts included."""
-        if not path:
-            return False, False
-        removed, kept = directory(path.rpartition("/")[0])
-        return _verdict(ruleset, path, True, removed, kept)
+        # Up to the nearest directory already judged, then down again: a
+        # loop, not recursion, since a path may be thousands of levels deep.
+        pending = []
+        while path not in verdicts:
+            pending.append(path)
+            path = path.rpartition("/")[0]
+        verdict = verdicts[path]
+        if len(verdicts) > MAX_VERDICTS:
+            # Members come grouped by directory: recent ones are enough.
+            verdicts.clear()
+            verdicts[""] = (False, False)
+        for path in reversed(pending):
+            verdict = verdicts[path] = _verdict(ruleset, path, True, *verdict)
+        return verdict
 
     def removes(path: str) -> bool:
         removed, kept = directory(path.rpartition("/")[0])

@@ -43,6 +43,21 @@ HEAD = 64
 # Types whose bytes are the file's bytes (POSIX ustar "typeflag").
 PLAIN_FILES = {tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE}
 PAX_HEADERS = {tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE}
+# Headers that describe the next member rather than being one.
+EXTENSIONS = PAX_HEADERS | {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+# Types with no bytes after the header, whatever the size field says: tarfile
+# (and so the squash) reads the next header right after them.
+HEADER_ONLY = {
+    tarfile.LNKTYPE,
+    tarfile.SYMTYPE,
+    tarfile.CHRTYPE,
+    tarfile.BLKTYPE,
+    tarfile.DIRTYPE,
+    tarfile.FIFOTYPE,
+}
+# A global PAX header changes every member after it, and an old GNU sparse
+# member has extension blocks: the spool stops leaving bytes out at either.
+UNFOLLOWED = {tarfile.XGLTYPE, tarfile.GNUTYPE_SPARSE}
 
 
 class Holes:
@@ -75,14 +90,16 @@ class Holes:
         index = bisect_right(self.starts, offset + size - 1) - 1
         return size > 0 and index >= 0 and self.ends[index] > offset
 
-    def ensure(self, offset: int, size: int) -> None:
+    def ensure(self, offset: int, size: int) -> bool:
+        """Fill every hole if this range touches one; True if it did."""
         if not self.touches(offset, size):
-            return
+            return False
         if self.fill is None:
             raise SlimmerError("slimmer needs bytes it left out of the saved image")
         log.info("a kept file's bytes were left out: saving the image again")
         self.fill()
         self.starts, self.ends = array("q"), array("q")
+        return True
 
 
 class _Spooler:
@@ -245,6 +262,11 @@ def _members(spooler: _Spooler, end: int) -> Iterator[tuple[tarfile.TarInfo, int
     """Each member header up to stream offset `end`, with the padded length
     of its data, which the caller must consume. Extended headers (PAX, GNU
     long names) are consumed here and folded into the member they describe.
+
+    Members are framed exactly as tarfile, which the squash reads them
+    with, frames them. At anything whose framing is not followed here (a
+    global PAX header, a GNU sparse member, stacked PAX headers) it stops,
+    and the caller copies the rest as it comes.
     """
     records: dict[str, str] = {}
     long_name = None
@@ -258,26 +280,39 @@ def _members(spooler: _Spooler, end: int) -> Iterator[tuple[tarfile.TarInfo, int
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.HeaderError:
             return
-        size = info.size
-        if info.type not in PAX_HEADERS and "size" in records:
-            size = _int(records["size"], size)
-        length = size + (-size % BLOCK)
+        if info.type in UNFOLLOWED or (info.type in PAX_HEADERS and records):
+            return
+        length = _data_length(info, records)
         if length > end - spooler.pos:
             return
         if info.type in PAX_HEADERS:
-            records.update(_pax_records(spooler.take(length)[: info.size]))
+            records = _pax_records(spooler.take(length)[: info.size])
         elif info.type == tarfile.GNUTYPE_LONGNAME:
             long_name = spooler.take(length)[: info.size].rstrip(b"\0")
-        elif info.type in (tarfile.XGLTYPE, tarfile.GNUTYPE_LONGLINK):
+        elif info.type == tarfile.GNUTYPE_LONGLINK:
             spooler.copy(length)
         else:
             if "path" in records:
                 info.name = records["path"]
             elif long_name is not None:
                 info.name = long_name.decode("utf-8", "surrogateescape")
-            info.size, info.pax_headers = size, records
+            info.pax_headers = records
+            if info.type not in HEADER_ONLY:
+                info.size = _int(records.get("size", ""), info.size)
             yield info, length
             records, long_name = {}, None
+
+
+def _data_length(info: tarfile.TarInfo, records: dict[str, str]) -> int:
+    """The padded length of the bytes after this header, as tarfile sees it:
+    none after a header-only type whatever its size field says, and a PAX
+    `size` record counts for the member itself, not for a GNU long name."""
+    if info.type in HEADER_ONLY:
+        return 0
+    size = info.size
+    if info.type not in EXTENSIONS and "size" in records:
+        size = _int(records["size"], size)
+    return size + (-size % BLOCK)
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
@@ -330,32 +365,28 @@ def _removed(removes: Callable[[str], bool], name: str) -> bool:
 def fill(holes: Holes, chunks: Iterable[bytes], target: Path) -> None:
     """Write the bytes of every hole of `target` from a second save.
 
-    The block before each hole is a header slimmer wrote the first time:
-    it must come again unchanged, as must the total length, or the image
-    changed under slimmer and nothing is trusted.
+    Everything the first save wrote must come again unchanged, and the
+    length too, or the image changed under slimmer and nothing is trusted.
     """
     fd = os.open(target, os.O_RDWR)
     try:
-        pos, tail, index = 0, b"", 0
+        pos, index = 0, 0
         for chunk in chunks:
-            end = pos + len(chunk)
-            while index < len(holes) and holes.starts[index] < end:
-                start, stop = holes.starts[index], holes.ends[index]
-                if start >= pos:
-                    _check_before(fd, (tail + chunk[: start - pos])[-BLOCK:], start)
-                lo, hi = max(start, pos), min(stop, end)
-                os.pwrite(fd, chunk[lo - pos : hi - pos], lo)
-                if stop > end:
-                    break
-                index += 1
-            tail = (tail + chunk[-BLOCK:])[-BLOCK:]
-            pos = end
-        if index < len(holes) or pos != os.fstat(fd).st_size:
+            view, end = memoryview(chunk), pos + len(chunk)
+            while pos < end:
+                # The next hole that ends after pos, if it starts in this chunk.
+                while index < len(holes) and holes.ends[index] <= pos:
+                    index += 1
+                start = holes.starts[index] if index < len(holes) else end
+                if start > pos:  # written the first time: must match
+                    upto = min(start, end)
+                    if os.pread(fd, upto - pos, pos) != view[: upto - pos]:
+                        raise ArchiveError("the image changed while slimmer read it")
+                else:  # in a hole: fill it
+                    upto = min(holes.ends[index], end)
+                    os.pwrite(fd, view[: upto - pos], pos)
+                view, pos = view[upto - pos :], upto
+        if pos != os.fstat(fd).st_size:
             raise ArchiveError("the image changed while slimmer read it")
     finally:
         os.close(fd)
-
-
-def _check_before(fd: int, seen: bytes, start: int) -> None:
-    if seen != os.pread(fd, len(seen), start - len(seen)):
-        raise ArchiveError("the image changed while slimmer read it")

@@ -74,7 +74,15 @@ def members(layer: Layer) -> Iterator[tarfile.TarInfo]:
         _check_end(layer, archive.offset)
 
 
+class _HolesFilled(Exception):
+    """The layer seemed to end inside bytes the save left out (spool.py)."""
+
+
 def _check_end(layer: Layer, offset: int) -> None:
+    # The spool never leaves out a header, but should it ever, the zeros
+    # of its hole would read as the end: bring the bytes back and reread.
+    if layer.ensure(offset, tarfile.BLOCKSIZE):
+        raise _HolesFilled
     # tarfile takes a bad or cut header past the first member for the end
     # of the archive; a real end is zero blocks (POSIX ustar) or no bytes.
     tail = layer.pread(tarfile.BLOCKSIZE, offset)
@@ -232,7 +240,11 @@ def _resolve_hardlink(tree: Tree, path: str, link: Entry, aufs_sources) -> Entry
 def apply_layer(tree: Tree, index: int, layer: Layer) -> None:
     """Apply one layer on `tree`, for callers that look between layers."""
     try:
-        _apply(tree, index, layer)
+        try:
+            _apply(tree, index, layer)
+        except _HolesFilled:
+            # _apply changes the tree only once the layer is read whole.
+            _apply(tree, index, layer)
     except tarfile.TarError as exc:
         raise ArchiveError(f"layer {index} is not a valid tar: {exc}") from exc
 

@@ -167,8 +167,7 @@ def layer_size(tree: Tree, layers: list[Layer], removed: Container[str]) -> int:
         for entry, header in _headers(tree, removed, reader):
             size += len(header)
             if entry is not None:
-                if entry.kind == REGULAR:
-                    layers[entry.layer].ensure(entry.data_offset, entry.size)
+                _ensure(layers, entry)
                 size += entry.size + len(_padding(entry.size))
         return size
     finally:
@@ -300,11 +299,11 @@ def header_bytes(info: tarfile.TarInfo) -> bytes:
 
 def _contents(reader: HeaderReader, layers: list[Layer], entry: Entry):
     """A regular file's bytes, in chunks of at most COPY_BUFFER."""
+    _ensure(layers, entry)
     if entry.kind == SPARSE:
         yield from _sparse_contents(reader, entry)
         return
     layer, offset, left = layers[entry.layer], entry.data_offset, entry.size
-    layer.ensure(offset, left)
     while left > 0:
         chunk = layer.pread(min(left, COPY_BUFFER), offset)
         if not chunk:
@@ -312,6 +311,11 @@ def _contents(reader: HeaderReader, layers: list[Layer], entry: Entry):
         yield chunk
         offset += len(chunk)
         left -= len(chunk)
+
+
+def _ensure(layers: list[Layer], entry: Entry) -> None:
+    # A sparse member stores at most its full size after its headers.
+    layers[entry.layer].ensure(entry.data_offset, entry.size)
 
 
 def _sparse_contents(reader: HeaderReader, entry: Entry):
