@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slimmer import delivery, keepbase, sources
-from slimmer.daemon import split_ref
 from slimmer.errors import DaemonError, SlimmerError
 from slimmer.locations import (
     DAEMON,
@@ -101,12 +100,6 @@ def work_folder(parent: Path | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def default_tag(ref: str) -> str:
-    """`REPO:TAG-slim`, or `REPO:latest-slim` when the ref has no tag."""
-    repository, tag = split_ref(ref)
-    return f"{repository}:{tag}-slim"
-
-
 def route(options: Options, with_target: bool = True) -> Route:
     """The source and destination locations. Raises LocationError."""
     source = parse_location(options.ref)
@@ -139,14 +132,19 @@ def needs_daemon(options: Options, with_target: bool = True) -> bool:
 # -- the steps plan and apply share ------------------------------------------
 
 
-def _left_out(ruleset, options: Options):
-    """Which files' bytes a daemon source may be saved without.
+def _open(where: Route, workdir, daemon, options: Options, progress, ruleset=None):
+    """The source, open for reading.
 
-    --keep-base copies the lower layers whole, so they must be whole.
+    With a ruleset, a daemon source is saved without the bytes of files it
+    surely removes (spool.py), unless --keep-base copies the lower layers
+    whole.
     """
-    if ruleset.empty or options.keep_base:
-        return None
-    return removes_file(ruleset)
+    removes = None
+    if ruleset is not None and not ruleset.empty and not options.keep_base:
+        removes = removes_file(ruleset)
+    return sources.Opened(
+        where.source, workdir, daemon, options.insecure, progress, removes
+    )
 
 
 def _choose(opened, options, where: Route, daemon, one=False) -> list:
@@ -182,14 +180,7 @@ def plan(daemon, options: Options, progress: Progress | None = None) -> Report:
     listing, reports = Listing(options.removed_list), []
     with (
         work_folder(options.workdir) as workdir,
-        sources.Opened(
-            where.source,
-            workdir,
-            daemon,
-            options.insecure,
-            progress,
-            _left_out(ruleset, options),
-        ) as opened,
+        _open(where, workdir, daemon, options, progress, ruleset) as opened,
     ):
         for choice in sources.select(opened.choices(), options.platforms, where.source):
             prepared = prepare(opened, choice, ruleset, options, progress, "plan")
@@ -212,9 +203,7 @@ def analyze(daemon, options: Options, progress: Progress | None = None):
     where = Route(parse_location(options.ref), None)
     with (
         work_folder(options.workdir) as workdir,
-        sources.Opened(
-            where.source, workdir, daemon, options.insecure, progress
-        ) as opened,
+        _open(where, workdir, daemon, options, progress) as opened,
     ):
         (choice,) = _choose(opened, options, where, daemon, one=True)
         image = opened.read(choice)
@@ -251,14 +240,7 @@ def apply(daemon, options: Options, progress: Progress | None = None) -> Report:
     ruleset = resolve(options.profiles, options.cwd)
     with (
         work_folder(options.workdir) as workdir,
-        sources.Opened(
-            where.source,
-            workdir,
-            daemon,
-            options.insecure,
-            progress,
-            _left_out(ruleset, options),
-        ) as opened,
+        _open(where, workdir, daemon, options, progress, ruleset) as opened,
     ):
         context = delivery.Context(daemon, options, where, workdir, progress)
         choices = _choose(opened, options, where, daemon)
