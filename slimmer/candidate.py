@@ -22,6 +22,7 @@ from slimmer.writer import StreamedLayer, WrittenLayer
 log = logging.getLogger(__name__)
 
 PLAIN = LAYER_TYPES["none"]
+SEND_BATCH = 1 << 20
 
 
 @dataclass
@@ -123,12 +124,32 @@ def send(daemon: Daemon, stream, progress) -> None:
 
 
 def _sent(chunks, progress, held: DeferredInterrupt):
-    for chunk in chunks:
+    for chunk in _batched(chunks):
         yield chunk
         progress.advance(len(chunk))
     # Every byte is with the daemon, which finishes the load even if we go:
     # hold Ctrl-C until it answers, so that the image it makes is removed.
     held.hold()
+
+
+def _batched(chunks, size: int = SEND_BATCH):
+    """The chunks joined into pieces of about `size` bytes.
+
+    Each piece goes out as one HTTP chunk and one send(2): a layer of many
+    small files would otherwise cost a few system calls per file.
+    """
+    pending, held = [], 0
+    for chunk in chunks:
+        if len(chunk) >= size and not pending:
+            yield chunk
+            continue
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def commit(daemon: Daemon, image: str, target: str) -> None:
