@@ -68,8 +68,18 @@ class DiskSampler:
         self._thread.join()
 
 
+def settle() -> None:
+    """Write out what earlier steps left in the page cache, untimed.
+
+    A load or rmi leaves hundreds of MB to write back; without this, the
+    next step measured pays for the one before it.
+    """
+    os.sync()
+
+
 def run_measured(argv, log: Path, tmpdir: Path | None = None, env=None) -> Sample:
     """Run `argv` to the end, its output to `log`; raise BenchError if it fails."""
+    settle()
     env = dict(os.environ if env is None else env)
     if tmpdir is not None:
         tmpdir.mkdir(parents=True, exist_ok=True)
@@ -90,6 +100,7 @@ def run_measured(argv, log: Path, tmpdir: Path | None = None, env=None) -> Sampl
 
 def timed(argv, **kwargs) -> float:
     """Wall seconds of a command that must succeed; its output is discarded."""
+    settle()
     start = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kwargs)
     return time.perf_counter() - start

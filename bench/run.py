@@ -37,6 +37,7 @@ from measure import (
     now,
     remove_tag,
     run_measured,
+    settle,
     slimmer,
     slimmer_env,
     timed,
@@ -123,11 +124,17 @@ def run_export(bench: Bench) -> None:
     """`docker export | docker import` of a container made from the image."""
     container = docker("create", bench.image, "true")
     try:
+        settle()
         start = time.perf_counter()
         export = subprocess.Popen(
             ["docker", "export", container], stdout=subprocess.PIPE
         )
-        timed(["docker", "import", "-", tag("export")], stdin=export.stdout)
+        subprocess.run(
+            ["docker", "import", "-", tag("export")],
+            stdin=export.stdout,
+            stdout=subprocess.DEVNULL,
+            check=True,
+        )
         export.stdout.close()
         if export.wait() != 0:
             raise BenchError("docker export failed")
