@@ -152,14 +152,12 @@ def _batched(chunks, size: int = SEND_BATCH):
         yield b"".join(pending)
 
 
-def commit(daemon: Daemon, image: str, target: str) -> None:
-    held = DeferredInterrupt()
-    held.hold()
-    try:
-        daemon.tag(image, target)
-    finally:
-        # Once tagged, the run is done: a Ctrl-C now must not undo it.
-        held.release(reraise=False)
+def commit(daemon: Daemon, image: str, target: str, done: DeferredInterrupt) -> None:
+    """Tag the candidate. `done` holds Ctrl-C from here on, and the caller
+    releases it without raising once its work folder is gone: once the
+    tag has moved the run is done, and a Ctrl-C must not undo or deny it."""
+    done.hold()
+    daemon.tag(image, target)
 
 
 def discard(daemon: Daemon, candidate: Candidate) -> None:

@@ -46,9 +46,11 @@ class Run:
 class Context:
     """What every platform's run of one apply shares."""
 
-    def __init__(self, daemon, options, where, workdir, progress):
+    def __init__(self, daemon, options, where, workdir, progress, done):
         self.daemon, self.options, self.where = daemon, options, where
         self.workdir, self.progress = workdir, progress
+        # Held once the result is out (tagged or written); see commit().
+        self.done = done
         self.listing = Listing(options.removed_list)
         self.compressed: dict = {}  # diff_id -> compressed base blob
         self._native: dict | None = None
@@ -147,7 +149,7 @@ def _deliver(context: Context, prepared, suite, made: Candidate) -> dict:
         _check(suite, made, prepared.report, context.progress)
         if target.kind == DAEMON:
             result = daemon.inspect(made.id)
-            candidate.commit(daemon, made.id, target.ref)
+            candidate.commit(daemon, made.id, target.ref, context.done)
     except BaseException as exc:
         candidate.discard(daemon, made)
         if isinstance(exc, SmokeFailed) and context.options.bisect:
@@ -263,9 +265,11 @@ def store(context: Context, runs: list[Run]) -> str | None:
         return None
     context.progress.step(f"write {target}")
     tags = _archive_tags(context.where)
-    return destinations.write(
+    digest = destinations.write(
         target, [run.output for run in runs], context.options.insecure, tags
     )
+    context.done.hold()  # written: a Ctrl-C now must not deny it
+    return digest
 
 
 def _archive_tags(where) -> list[str]:

@@ -39,6 +39,7 @@ from slimmer.prepared import Listing, Prepared, prepare  # noqa: F401 - re-expor
 from slimmer.profiles import resolve
 from slimmer.prune import removes_file
 from slimmer.report import Report
+from slimmer.smoke import DeferredInterrupt
 
 log = logging.getLogger(__name__)
 
@@ -238,18 +239,24 @@ def apply(daemon, options: Options, progress: Progress | None = None) -> Report:
     if daemon is None and not options.no_smoke:
         raise SlimmerError(NO_DAEMON)
     ruleset = resolve(options.profiles, options.cwd)
-    with (
-        work_folder(options.workdir) as workdir,
-        _open(where, workdir, daemon, options, progress, ruleset) as opened,
-    ):
-        context = delivery.Context(daemon, options, where, workdir, progress)
-        choices = _choose(opened, options, where, daemon)
-        delivery.refuse_untestable(context, choices)
-        runs = [
-            delivery.apply_one(context, opened, choice, ruleset, index)
-            for index, choice in enumerate(choices)
-        ]
-        digest = delivery.store(context, runs)
+    done = DeferredInterrupt()
+    try:
+        with (
+            work_folder(options.workdir) as workdir,
+            _open(where, workdir, daemon, options, progress, ruleset) as opened,
+        ):
+            context = delivery.Context(daemon, options, where, workdir, progress, done)
+            choices = _choose(opened, options, where, daemon)
+            delivery.refuse_untestable(context, choices)
+            runs = [
+                delivery.apply_one(context, opened, choice, ruleset, index)
+                for index, choice in enumerate(choices)
+            ]
+            digest = delivery.store(context, runs)
+    finally:
+        if done.pending:
+            log.warning("interrupted after the result was out: it stays")
+        done.release(reraise=False)
     return _combined([r.report for r in runs], [r.result for r in runs], digest)
 
 

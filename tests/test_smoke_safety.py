@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -315,3 +316,24 @@ def test_ctrl_c_during_a_bisect_probe_removes_the_probe(daemon_client, ctrl_c_ca
     assert progress.fired
     assert_rolled_back(daemon_client, ctrl_c_case)
     assert images_made_with(daemon_client, "safety-ctrlc2", ctrl_c_case[3]) == []
+
+
+def test_ctrl_c_once_the_tag_moved_leaves_the_result_and_no_work_folder(
+    daemon_client, ctrl_c_case, monkeypatch
+):
+    # Ctrl-C while the work folder is being removed, after the tag moved:
+    # the run is done, so it says so, and the folder still goes.
+    options, target, source, _before = ctrl_c_case
+    remove = shutil.rmtree
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted_rmtree)
+    report = pipeline.apply(Daemon(), options)
+    assert report.result["tag"] == target
+    assert daemon_client.api.inspect_image(target)["Id"] == report.result["id"]
+    assert report.result["id"] != source["Id"]
+    assert list(options.workdir.iterdir()) == []
+    assert not slimmer_containers(daemon_client)
