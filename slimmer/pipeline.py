@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from slimmer import delivery, keepbase, sources
+from slimmer.daemon import split_ref
 from slimmer.errors import DaemonError, SlimmerError
 from slimmer.locations import (
     DAEMON,
@@ -118,7 +119,14 @@ def route(options: Options, with_target: bool = True) -> Route:
         target = default_destination(source)
     if target.kind != DAEMON and str(target) == str(source):
         raise LocationError(f"--to {target} is the source itself")
+    if target.kind == DAEMON == source.kind and _same_tag(target.ref, source.ref):
+        # Moving the source's own tag would hide the source from its users.
+        raise LocationError(f"{target.ref} is the source's own tag; name another")
     return Route(source, target)
+
+
+def _same_tag(one: str, other: str) -> bool:
+    return "@" not in other and split_ref(one) == split_ref(other)
 
 
 def needs_daemon(options: Options, with_target: bool = True) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import time
 
 import layers as L
+import pytest
 from conftest import ROOT
 from oracle import differences, export_view
 
@@ -335,3 +337,39 @@ def test_save_leaves_out_removed_bytes_without_a_second_save(
     # All of big.pyc but the head written up to a file system block.
     assert 100_000 - 4096 - 64 <= int(left_out[1]) <= 100_000
     assert "save again" not in done.stderr
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(
+    images, busybox_spec, slimmer, daemon_client, tmp_path
+):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)],
+        capture_output=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("a tmpfs cannot be mounted here (not root?)")
+    try:
+        big = [L.directory("data"), L.file("data/kept.bin", os.urandom(6 << 20))]
+        ref = images.load(busybox_spec(big), "slimmer-test/fulldisk:1")
+        images.track(ref + "-slim")
+        before = image_ids(daemon_client)
+        done = slimmer(
+            "apply", "--no-smoke", "--workdir", str(small), ref, check=1
+        )  # fmt: skip
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no space left" in lines[0], done.stderr
+        assert "--workdir" in lines[0]
+        assert list(small.iterdir()) == []
+        assert image_ids(daemon_client) == before
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+def test_tag_that_names_the_source_is_refused(images, busybox_spec, slimmer):
+    ref = images.load(busybox_spec(), "slimmer-test/sametag:1")
+    source = images.id(ref)
+    done = slimmer("apply", "--no-smoke", "-t", ref, ref, check=2)
+    assert "source's own tag" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert images.id(ref) == source
