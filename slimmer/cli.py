@@ -7,7 +7,6 @@ the traceback only under -v.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import sys
@@ -32,6 +31,7 @@ from slimmer.errors import (
     SlimmerError,
     SmokeBrokenOnSource,
     SmokeFailed,
+    os_error_text,
 )
 from slimmer.report import dumps
 
@@ -68,7 +68,7 @@ def handle_errors(command):
             )
             sys.exit(EXIT_INTERRUPTED)
         except OSError as exc:
-            _fail(ctx, escape(_os_error(exc)))
+            _fail(ctx, escape(os_error_text(exc)))
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             _fail(
                 ctx,
@@ -77,16 +77,6 @@ def handle_errors(command):
             )
 
     return wrapper
-
-
-def _os_error(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        # Where it ran out is what the user can change.
-        return (
-            f"no space left on the device of {exc.filename or 'the work folder'}; "
-            f"give slimmer more room with --workdir DIR (default $TMPDIR)"
-        )
-    return str(exc)
 
 
 def _fail(ctx: Context, message: str) -> None:

@@ -1,5 +1,7 @@
 """The exception family. Each error carries the exit code the CLI returns."""
 
+import errno
+
 # Exit codes, as in DESIGN.md.
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -61,3 +63,13 @@ class ThresholdExceeded(SlimmerError):
 # The user pressed Ctrl-C; everything slimmer created was removed. Python
 # raises KeyboardInterrupt, which the CLI maps to this code.
 EXIT_INTERRUPTED = 130
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as one line; a full disk says what the user can change."""
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"no space left on the device of {exc.filename or 'the work folder'}; "
+            f"give slimmer more room with --workdir DIR (default $TMPDIR)"
+        )
+    return str(exc)
