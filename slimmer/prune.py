@@ -48,9 +48,13 @@ class RemovedPaths(MutableMapping[str, Rule]):
         directory, _, name = path.rpartition("/")
         self.add(directory, name, rule)
 
-    def __getitem__(self, path: str) -> Rule:
+    def _holding(self, path) -> tuple[str, str, dict[str, Rule] | None]:
+        """(directory, name, the removed names of that directory or None)."""
         directory, _, name = path.rpartition("/")
-        names = self._names.get(directory)
+        return directory, name, self._names.get(directory)
+
+    def __getitem__(self, path: str) -> Rule:
+        _, name, names = self._holding(path)
         if names is None or name not in names:
             raise KeyError(path)
         return names[name]
@@ -58,13 +62,11 @@ class RemovedPaths(MutableMapping[str, Rule]):
     def __contains__(self, path) -> bool:
         if not isinstance(path, str):
             return False
-        directory, _, name = path.rpartition("/")
-        names = self._names.get(directory)
+        _, name, names = self._holding(path)
         return names is not None and name in names
 
     def __delitem__(self, path: str) -> None:
-        directory, _, name = path.rpartition("/")
-        names = self._names.get(directory)
+        directory, name, names = self._holding(path)
         if names is None or name not in names:
             raise KeyError(path)
         del names[name]
